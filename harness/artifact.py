@@ -1,0 +1,122 @@
+"""The artifact that must fit the cap: the challenge's int8 + zlib export of the state dict, plus code bytes.
+
+2-D float tensors get per-row int8 with a 99.99984th-percentile clip and fp16 scales; other large float tensors
+per-tensor int8; tensors of ≤ 65,536 elements are kept as fp16 (control tensors such as scales, mixes, gains
+and skip weights as fp32); non-float tensors pass through. The object is saved with torch.save and compressed
+with zlib level 9, as in parameter-golf's train_gpt.py, so byte counts are comparable. Loading back uses
+torch.load(weights_only=True): plain tensors and containers only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from harness.model import CONTROL_TENSOR_PATTERNS
+
+TORCH_DIR = Path(torch.__file__).resolve().parent
+KEEP_FLOAT_MAX_NUMEL = 65_536
+CLIP_QUANTILE = 99.99984 / 100.0
+FORMAT = "int8_clean_per_row_v1"
+
+
+def _quantize(t: Tensor) -> tuple[Tensor, Tensor]:
+    t32 = t.float()
+    if t32.ndim == 2:
+        clip = torch.quantile(t32.abs(), CLIP_QUANTILE, dim=1) if t32.numel() else torch.empty(t32.shape[0])
+        clipped = torch.maximum(torch.minimum(t32, clip[:, None]), -clip[:, None])
+        scale = (clip / 127.0).clamp_min(1.0 / 127.0)
+        q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8)
+        return q.contiguous(), scale.to(torch.float16).contiguous()
+    flat = t32.abs().flatten()
+    clip = float(torch.quantile(flat, CLIP_QUANTILE).item()) if 0 < flat.numel() <= 2**24 else float(
+        flat.max().item() if flat.numel() else 0.0)
+    scale = torch.tensor(clip / 127.0 if clip > 0 else 1.0, dtype=torch.float32)
+    q = torch.clamp(torch.round(torch.clamp(t32, -clip, clip) / scale), -127, 127).to(torch.int8)
+    return q.contiguous(), scale
+
+
+def quantize_state_dict(state: dict[str, Tensor], control_patterns=CONTROL_TENSOR_PATTERNS) -> dict:
+    quantized, scales, dtypes, passthrough, orig_dtypes, qmeta = {}, {}, {}, {}, {}, {}
+    for name, tensor in state.items():
+        t = tensor.detach().to("cpu").contiguous()
+        if not t.is_floating_point():
+            passthrough[name] = t
+        elif t.numel() <= KEEP_FLOAT_MAX_NUMEL:
+            if any(p in name for p in control_patterns):
+                passthrough[name] = t.float().contiguous()
+            else:
+                if t.dtype in (torch.float32, torch.bfloat16):
+                    orig_dtypes[name] = str(t.dtype).removeprefix("torch.")
+                passthrough[name] = t.to(torch.float16).contiguous()
+        else:
+            q, s = _quantize(t)
+            if s.ndim > 0:
+                qmeta[name] = {"scheme": "per_row", "axis": 0}
+            quantized[name], scales[name] = q, s
+            dtypes[name] = str(t.dtype).removeprefix("torch.")
+    obj = {"__quant_format__": FORMAT, "quantized": quantized, "scales": scales, "dtypes": dtypes,
+           "passthrough": passthrough}
+    if qmeta:
+        obj["qmeta"] = qmeta
+    if orig_dtypes:
+        obj["passthrough_orig_dtypes"] = orig_dtypes
+    return obj
+
+
+def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
+    out = {}
+    for name, q in obj["quantized"].items():
+        dtype = getattr(torch, obj["dtypes"][name])
+        s = obj["scales"][name]
+        if s.ndim > 0:
+            out[name] = (q.float() * s.float().view(q.shape[0], *([1] * (q.ndim - 1)))).to(dtype).contiguous()
+        else:
+            out[name] = (q.float() * float(s.item())).to(dtype).contiguous()
+    orig = obj.get("passthrough_orig_dtypes", {})
+    for name, t in obj["passthrough"].items():
+        out[name] = t.to(getattr(torch, orig[name])).contiguous() if name in orig else t.contiguous()
+    return out
+
+
+def compress(state: dict[str, Tensor]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(quantize_state_dict(state), buf)
+    return zlib.compress(buf.getvalue(), level=9)
+
+
+def decompress(blob: bytes) -> dict[str, Tensor]:
+    return dequantize_state_dict(torch.load(io.BytesIO(zlib.decompress(blob)), map_location="cpu",
+                                            weights_only=True))
+
+
+def model_source_files(model: nn.Module, variant_file: Path | None) -> list[Path]:
+    """The source that defines the model: the variant file and every module defining a class in the model."""
+    files = {Path(variant_file).resolve()} if variant_file else set()
+    for module in model.modules():
+        src = inspect.getsourcefile(type(module))
+        if src and not Path(src).resolve().is_relative_to(TORCH_DIR):
+            files.add(Path(src).resolve())
+    return sorted(files)
+
+
+@dataclass(frozen=True)
+class ArtifactSize:
+    model_bytes: int
+    code_bytes: int
+    code_files: tuple[str, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.code_bytes
+
+
+def measure(blob: bytes, code_files: list[Path]) -> ArtifactSize:
+    code = sum(len(p.read_text(encoding="utf-8").encode("utf-8")) for p in code_files)
+    return ArtifactSize(len(blob), code, tuple(str(p) for p in code_files))

@@ -1,0 +1,109 @@
+"""Budgets: the fixed, fair contract a run is scored under (a TOML file in budgets/).
+
+A budget fixes the clock, the hardware it is meant for, the batch, the evaluation rules, the artifact cap and
+the dataset, so two runs under the same budget are comparable whatever variant they train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import REPO_ROOT
+from harness.errors import UserError
+
+BUDGETS_DIR = REPO_ROOT / "budgets"
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    description: str
+    # The clock: only training steps are charged against it.
+    train_wallclock_seconds: float
+    # Hardware the numbers are meant for: "cuda" or "cpu", and how many devices (ranks).
+    device: str
+    device_count: int
+    # Tokens per optimizer step across all ranks; constant whatever the rank count.
+    tokens_per_step: int
+    # Tokens one rank feeds per forward pass: sets gradient accumulation, never the step's content.
+    micro_batch_tokens: int
+    seq_len: int
+    dataset: str
+    # Validation: the whole split (0) or the first N tokens, and a limit on each full evaluation pass.
+    val_tokens_cap: int
+    eval_seconds_limit: float
+    val_every_seconds: float
+    log_every_seconds: float
+    artifact_cap_bytes: int
+    # A hard cap on optimizer steps (the clock usually binds first) and untimed warm-up steps.
+    max_steps: int = 20000
+    warmup_steps: int = 20
+    # Config overrides for tiny budgets, e.g. a smaller model (applied before presets and CLI flags).
+    model: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def budget_names() -> list[str]:
+    return sorted(p.stem for p in BUDGETS_DIR.glob("*.toml"))
+
+
+def load_budget(name_or_path: str) -> Budget:
+    """Load a budget by name (budgets/NAME.toml) or by path; every problem is a one-line UserError."""
+    path = Path(name_or_path)
+    if not (name_or_path.endswith(".toml") or path.is_file()):
+        path = BUDGETS_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise UserError(f"unknown budget {name_or_path!r}; known budgets: {', '.join(budget_names())} "
+                            f"(or give a path to a .toml file)")
+    if not path.is_file():
+        raise UserError(f"budget file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"budget file {path} is not valid TOML: {exc}") from None
+    raw.setdefault("name", path.stem)
+    known = {f.name for f in dataclasses.fields(Budget)} - {"source"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"budget file {path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+    missing = sorted(f.name for f in dataclasses.fields(Budget)
+                     if f.name in known and f.name not in raw
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise UserError(f"budget file {path} is missing {', '.join(missing)}")
+    try:
+        budget = Budget(**raw, source=str(path))
+    except TypeError as exc:
+        raise UserError(f"budget file {path}: {exc}") from None
+    check_budget(budget, path)
+    return budget
+
+
+def check_budget(b: Budget, path: Path) -> None:
+    def bad(msg: str) -> UserError:
+        return UserError(f"budget file {path}: {msg}")
+
+    numbers = {"train_wallclock_seconds": (float, int), "device_count": (int,), "tokens_per_step": (int,),
+               "micro_batch_tokens": (int,), "seq_len": (int,), "val_tokens_cap": (int,),
+               "eval_seconds_limit": (float, int), "val_every_seconds": (float, int),
+               "log_every_seconds": (float, int), "artifact_cap_bytes": (int,), "max_steps": (int,),
+               "warmup_steps": (int,)}
+    for name, kinds in numbers.items():
+        value = getattr(b, name)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+            raise bad(f"{name} must be a non-negative number, got {value!r}")
+    if b.device not in ("cuda", "cpu"):
+        raise bad(f"device must be 'cuda' or 'cpu', got {b.device!r}")
+    if b.train_wallclock_seconds <= 0 or b.seq_len <= 0 or b.tokens_per_step <= 0 or b.device_count <= 0:
+        raise bad("train_wallclock_seconds, seq_len, tokens_per_step and device_count must be positive")
+    if b.micro_batch_tokens <= 0 or b.micro_batch_tokens % b.seq_len:
+        raise bad(f"micro_batch_tokens ({b.micro_batch_tokens}) must be a positive multiple of seq_len ({b.seq_len})")
+    if not isinstance(b.model, dict):
+        raise bad("[model] must be a table of parameter overrides")

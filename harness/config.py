@@ -1,0 +1,121 @@
+"""Typed configs whose fields are the single source of truth for defaults, help, validation and CLI flags.
+
+A field made with `param(...)` carries its help text and its allowed range or choices; `validate` checks a
+config against them, and the CLI, `show` and the run record are all derived from the same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from typing import Any
+
+from harness.errors import UserError
+
+
+def param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+          choices: tuple | None = None) -> Any:
+    """A config field: its default, one line of help, and the range (inclusive) or choices it accepts."""
+    meta = {"help": help, "low": low, "high": high, "choices": choices}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("config defaults must be immutable; use a tuple")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def parse_value(cls: type, name: str, raw: str) -> Any:
+    """Turn a command-line string into the field's declared type, or raise a UserError that says why."""
+    kind = field_type(cls, name)
+    flag = "--" + name.replace("_", "-")
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is str:
+            return raw
+        origin = typing.get_origin(kind)
+        if origin is tuple:
+            inner = typing.get_args(kind)[0]
+            text = raw.strip().strip("[]()")
+            return tuple(inner(part) for part in text.split(",") if part.strip()) if text else ()
+    except ValueError:
+        pass
+    else:
+        raise TypeError(f"unsupported config field type {kind!r} for {name}")
+    raise UserError(f"{flag} expects {type_name(kind)}, got {raw!r}")
+
+
+def type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return f"a comma-separated list of {typing.get_args(kind)[0].__name__}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+
+
+def validate(config: Any) -> None:
+    """Check every field against its declared type, range and choices; raise UserError naming the flag."""
+    cls = type(config)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        kind = field_type(cls, f.name)
+        ok_type = isinstance(value, tuple) if typing.get_origin(kind) is tuple else (
+            isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+            else isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+        if not ok_type:
+            raise UserError(f"{flag} expects {type_name(kind)}, got {value!r}")
+        meta = f.metadata
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            allowed = ", ".join(str(c) for c in meta["choices"])
+            raise UserError(f"{flag}={value} is not allowed; choose one of: {allowed}")
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if meta.get("low") is not None and item < meta["low"]:
+                raise UserError(f"{flag}={value} is below its minimum {meta['low']}; {meta['help']}")
+            if meta.get("high") is not None and item > meta["high"]:
+                raise UserError(f"{flag}={value} is above its maximum {meta['high']}; {meta['help']}")
+
+
+def replace(config: Any, overrides: dict[str, Any], source: str) -> Any:
+    """A copy of `config` with `overrides` applied; unknown names are a UserError naming `source`."""
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise UserError(f"{source}: unknown parameter {unknown[0]!r} for {type(config).__name__}; "
+                        f"known: {', '.join(sorted(names))}")
+    coerced = {}
+    for name, value in overrides.items():
+        kind = field_type(type(config), name)
+        if typing.get_origin(kind) is tuple and isinstance(value, list):
+            value = tuple(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        coerced[name] = value
+    new = dataclasses.replace(config, **coerced)
+    validate(new)
+    return new
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v)
+            for f in dataclasses.fields(config)}
+
+
+def stable_hash(obj: Any) -> str:
+    """A hash of JSON-able data that does not depend on key order or the Python process."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+

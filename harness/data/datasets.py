@@ -1,0 +1,115 @@
+"""Resolve a budget's dataset name (or an explicit directory) to shard files, a tokenizer and a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import REPO_ROOT
+from harness.data.fineweb import dataset_dirname, fetch_command
+from harness.data.shards import shard_token_count
+from harness.data.tokenizers import Tokenizer, byte_tokenizer, sentencepiece_tokenizer
+from harness.errors import UserError
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("HARNESS_DATA_ROOT", REPO_ROOT / "data"))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    directory: Path
+    train_files: tuple[Path, ...]
+    val_files: tuple[Path, ...]
+    tokenizer: Tokenizer
+    content_hash: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def val_token_count(self) -> int:
+        return sum(shard_token_count(p) for p in self.val_files)
+
+
+def _hash_shards(train: tuple[Path, ...], val: tuple[Path, ...]) -> str:
+    """Validation shards are hashed whole; training shards by name, size and their first and last MiB."""
+    h = hashlib.sha256()
+    for p in val:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    for p in train:
+        size = p.stat().st_size
+        h.update(f"{p.name}|{size}".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(size - (1 << 20), 0))
+            h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def _find_tokenizer(directory: Path, data_root: Path) -> Path | None:
+    candidates = sorted(directory.glob("*.model"))
+    if candidates:
+        return candidates[0]
+    if directory.name.startswith("fineweb10B_sp"):
+        vocab = directory.name.removeprefix("fineweb10B_sp")
+        path = data_root / "tokenizers" / f"fineweb_{vocab}_bpe.model"
+        return path if path.is_file() else None
+    return None
+
+
+def from_directory(directory: Path, name: str, tokenizer_path: Path | None = None,
+                   data_root: Path | None = None, missing_hint: str = "") -> Dataset:
+    directory = Path(directory)
+    data_root = data_root or default_data_root()
+    hint = f"; {missing_hint}" if missing_hint else ""
+    if not directory.is_dir():
+        raise UserError(f"dataset {name!r} not found: {directory} does not exist{hint}")
+    train = tuple(sorted(directory.glob("*_train_*.bin")))
+    val = tuple(sorted(directory.glob("*_val_*.bin")))
+    if not train or not val:
+        raise UserError(f"dataset {name!r} in {directory} needs *_train_*.bin and *_val_*.bin shards "
+                        f"(found {len(train)} train, {len(val)} val){hint}")
+    for p in (*val, *train):
+        shard_token_count(p)  # validates header and size now, with the file named, not mid-run
+    meta_path = directory / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta.get("tokenizer") == "byte260" or directory.name.endswith("byte260"):
+        tokenizer = byte_tokenizer()
+    else:
+        tok = Path(tokenizer_path) if tokenizer_path else _find_tokenizer(directory, data_root)
+        if tok is None:
+            raise UserError(f"dataset {name!r} in {directory} has no tokenizer: put a SentencePiece .model in it "
+                            f"or pass --tokenizer PATH{hint}")
+        tokenizer = sentencepiece_tokenizer(tok)
+    content_hash = meta.get("content_hash") or _hash_shards(train, val)
+    return Dataset(name=name, directory=directory, train_files=train, val_files=val, tokenizer=tokenizer,
+                   content_hash=content_hash, meta=meta)
+
+
+def resolve_dataset(name: str, data_root: Path | None = None, data_dir: Path | None = None,
+                    tokenizer_path: Path | None = None, log=print) -> Dataset:
+    """A dataset by name: `builtin`, `synthetic`, `fineweb` / `fineweb_<variant>`, or an explicit directory."""
+    data_root = Path(data_root or default_data_root())
+    if data_dir is not None:
+        return from_directory(Path(data_dir), Path(data_dir).name, tokenizer_path, data_root)
+    if name == "builtin":
+        from harness.data.builtin import build_builtin
+
+        return from_directory(build_builtin(data_root, log=log), "builtin", tokenizer_path, data_root)
+    if name == "synthetic":
+        from harness.data.synthetic import build_synthetic
+
+        return from_directory(build_synthetic(data_root), "synthetic", tokenizer_path, data_root)
+    if name == "fineweb" or name.startswith("fineweb_"):
+        variant = name.partition("_")[2] or "sp1024"
+        directory = data_root / "datasets" / dataset_dirname(variant)
+        return from_directory(directory, name, tokenizer_path, data_root,
+                              missing_hint=f"fetch it with: {fetch_command(variant=variant)}")
+    raise UserError(f"unknown dataset {name!r}; use builtin, synthetic, fineweb (sp1024), fineweb_<sp N|byte260>, "
+                    f"or --data-dir PATH")

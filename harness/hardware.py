@@ -1,0 +1,86 @@
+"""What the run ran on and how fast it could have gone: environment facts, model FLOPs, device peaks."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+
+import torch
+from torch import nn
+from torch.utils import flop_counter
+
+from harness import REPO_ROOT
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; MFU is reported only for these devices.
+PEAK_BF16_FLOPS = {
+    "H100 SXM": 989.4e12, "H100 80GB HBM3": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12,
+    "H200": 989.4e12, "A100": 312.0e12, "L40S": 362.05e12, "GH200": 989.4e12,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in sorted(PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])):
+        if all(part in name for part in key.split()):
+            return value
+    return None
+
+
+def _cpu_flash_fwd(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_flash_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def count_train_flops_per_token(scored: nn.Module, vocab_size: int, seq_len: int, device: torch.device) -> int:
+    """FLOPs of one forward + backward on one sequence, per token, counted by torch's FlopCounterMode.
+
+    Attention is counted over the full T×T score matrix (torch's convention on CUDA, mirrored here on CPU),
+    so MFU is comparable with the usual 6N + 12·L·T·d accounting.
+    """
+    aten = torch.ops.aten
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd,
+               aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_bwd}
+    x = torch.randint(0, vocab_size, (1, seq_len), device=device)
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        loss, aux = scored(x, x)
+        (loss + aux).backward()
+    scored.zero_grad(set_to_none=True)
+    return counter.get_total_flops() // seq_len
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def environment(device: torch.device, world_size: int) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "hostname": platform.node(), "cpu_count": os.cpu_count(), "device_type": device.type,
+            "world_size": world_size, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    device_count=torch.cuda.device_count())
+    else:
+        info["device_name"] = platform.processor() or platform.machine()
+    return info

@@ -1,0 +1,96 @@
+"""The score, computed in one place: val_loss (mean token cross-entropy, nats) and val_bpb, as the challenge does.
+
+val_bpb = (val_loss / ln 2) × (target tokens / target bytes) over the validation split (or the budget's cap),
+cut into sequences of seq_len; every rank scores a disjoint run of sequences and the sums are all-reduced.
+Variants return logits; only the harness turns them into losses, so no variant can change how it is scored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.data.shards import read_shard
+from harness.data.tokenizers import ByteTables
+from harness.errors import UserError
+
+
+def split_output(out) -> tuple[Tensor, dict[str, Tensor]]:
+    """A model returns logits, or (logits, {name: training-only loss term})."""
+    if isinstance(out, Tensor):
+        return out, {}
+    logits, extra = out
+    return logits, dict(extra or {})
+
+
+class ScoredModel(nn.Module):
+    """Wraps a variant's model so the loss is the harness's: cross-entropy of its logits against the targets.
+
+    Training adds the variant's training-only terms; evaluation returns the summed token loss and nothing else.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, y: Tensor, train: bool = True) -> tuple[Tensor, Tensor]:
+        logits, extra = split_output(self.model(x))
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                             reduction="mean" if train else "sum")
+        aux = sum(extra.values(), torch.zeros((), device=ce.device)) if train else torch.zeros((), device=ce.device)
+        return ce, aux
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    tokens: Tensor          # int64 on CPU: usable × seq_len + 1 tokens
+    seq_len: int
+    target_tokens: int
+    target_bytes: int
+
+    @property
+    def num_sequences(self) -> int:
+        return (self.tokens.numel() - 1) // self.seq_len
+
+
+def load_validation(files, seq_len: int, cap_tokens: int, tables: ByteTables) -> ValidationSet:
+    """The validation tokens (whole split, or the first cap_tokens targets) and their exact byte count."""
+    tokens = np.concatenate([np.asarray(read_shard(p)) for p in files]).astype(np.int64)
+    limit = tokens.size - 1 if cap_tokens <= 0 else min(cap_tokens, tokens.size - 1)
+    usable = (limit // seq_len) * seq_len
+    if usable <= 0:
+        raise UserError(f"the validation split has {tokens.size} tokens, fewer than one sequence of seq_len "
+                        f"{seq_len}; use a smaller seq_len or a larger validation cap")
+    tokens = tokens[:usable + 1]
+    target_bytes = tables.count_bytes(tokens[:-1], tokens[1:])
+    return ValidationSet(torch.from_numpy(tokens), seq_len, usable, target_bytes)
+
+
+@torch.no_grad()
+def evaluate(scored: nn.Module, val: ValidationSet, batch_tokens: int, rank: int, world_size: int,
+             device: torch.device, autocast_dtype: torch.dtype | None) -> tuple[float, float]:
+    """(val_loss in nats, val_bpb) over the validation set; every rank must call it."""
+    seqs_per_batch = max(1, batch_tokens // val.seq_len)
+    first = val.num_sequences * rank // world_size
+    last = val.num_sequences * (rank + 1) // world_size
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    was_training = scored.training
+    scored.eval()
+    for start in range(first, last, seqs_per_batch):
+        end = min(start + seqs_per_batch, last)
+        chunk = val.tokens[start * val.seq_len:end * val.seq_len + 1].to(device, non_blocking=True)
+        x, y = chunk[:-1].reshape(-1, val.seq_len), chunk[1:].reshape(-1, val.seq_len)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss, _ = scored(x, y, train=False)
+        loss_sum += loss.double()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(loss_sum)
+    scored.train(was_training)
+    val_loss = loss_sum.item() / val.target_tokens
+    return val_loss, val_loss / math.log(2.0) * val.target_tokens / val.target_bytes

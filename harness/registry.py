@@ -1,0 +1,115 @@
+"""The variant registry: explicit, one-way and loud.
+
+A variant file in variants/ (or any path) calls `register(...)` once. The harness never imports a particular
+variant; it loads the file that names the family on demand. Unknown or duplicate names are errors that list
+what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from harness import REPO_ROOT
+from harness.config import replace, validate
+from harness.errors import UserError
+
+VARIANTS_DIR = REPO_ROOT / "variants"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config_cls: type
+    build: Callable[[Any], nn.Module]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    doc: str = ""
+    source_file: Path | None = None
+
+    def default_config(self) -> Any:
+        return self.config_cls()
+
+    def resolve(self, preset: str | None = None, budget_overrides: dict[str, Any] | None = None,
+                flags: dict[str, Any] | None = None, budget_name: str = "budget") -> Any:
+        """Defaults → the budget's model overrides → a preset → command-line flags, validated at each layer."""
+        config = self.config_cls()
+        validate(config)
+        if budget_overrides:
+            config = replace(config, budget_overrides, f"budget {budget_name} [model]")
+        if preset:
+            if preset not in self.presets:
+                known = ", ".join(sorted(self.presets)) or "none"
+                raise UserError(f"variant {self.name!r} has no preset {preset!r}; presets: {known}")
+            config = replace(config, self.presets[preset], f"preset {self.name}:{preset}")
+        if flags:
+            config = replace(config, flags, "command line")
+        if hasattr(config, "check"):
+            config.check()
+        return config
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(name: str, config: type, build: Callable[[Any], nn.Module], presets: dict | None = None,
+             doc: str = "") -> Variant:
+    """Called once by each variant file: its family name, config dataclass, builder and named presets."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"variant {name!r}: config must be a dataclass")
+    caller = Path(sys._getframe(1).f_globals.get("__file__", "")).resolve()
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing.source_file != caller:
+        raise UserError(f"variant {name!r} is registered twice: {existing.source_file} and {caller}")
+    variant = Variant(name, config, build, dict(presets or {}), doc, caller)
+    _REGISTRY[name] = variant
+    return variant
+
+
+def known_variant_names() -> list[str]:
+    return sorted(p.stem for p in VARIANTS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _load_file(path: Path) -> None:
+    module_name = f"variants.{path.stem}" if path.parent == VARIANTS_DIR else f"golf_variant_{path.stem}"
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+
+
+def get_variant(name_or_path: str) -> tuple[Variant, str | None]:
+    """A variant by name, `name:preset`, or a path to a plugin file; returns (variant, preset or None)."""
+    name, _, preset = name_or_path.partition(":")
+    if name.endswith(".py"):
+        path = Path(name).resolve()
+        if not path.is_file():
+            raise UserError(f"variant file {name} does not exist")
+        _load_file(path)
+        mine = [v for v in _REGISTRY.values() if v.source_file == path]
+        if not mine:
+            raise UserError(f"variant file {name} does not call harness.registry.register(...)")
+        return mine[0], preset or None
+    if name not in _REGISTRY:
+        path = VARIANTS_DIR / f"{name}.py"
+        if not path.is_file():
+            raise UserError(f"unknown variant {name!r}; known variants: {', '.join(known_variant_names())} "
+                            f"(or give a path to a .py file)")
+        _load_file(path)
+        if name not in _REGISTRY:
+            raise UserError(f"variants/{name}.py does not register a variant named {name!r}")
+    return _REGISTRY[name], preset or None
+
+
+def all_variants() -> list[Variant]:
+    for name in known_variant_names():
+        get_variant(name)
+    return sorted(_REGISTRY.values(), key=lambda v: v.name)

@@ -1,0 +1,68 @@
+"""Run records: one directory per run, written by one process, the record replaced atomically.
+
+results/<run_id>/ holds run.json (the versioned record), log.txt (everything the run printed) and
+model.int8.ptz (the artifact). A run writes its record when it starts (status "running") and rewrites it when
+it ends, whatever the ending: ok, over_cap, diverged, interrupted or failed. No two runs share a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from harness import REPO_ROOT
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "ok", "over_cap", "over_eval_limit", "diverged", "interrupted", "failed")
+
+
+def default_results_dir() -> Path:
+    return Path(os.environ.get("HARNESS_RESULTS_DIR", REPO_ROOT / "results"))
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, default=str, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def new_run_id(variant: str, budget: str, seed: int, config_hash: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{stamp}-{variant}-{budget}-s{seed}-{config_hash[:8]}-{os.urandom(2).hex()}"
+
+
+def load_records(results_dir: Path) -> list[dict]:
+    records = []
+    for path in sorted(Path(results_dir).glob("*/run.json")):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue  # a record being replaced right now, or a foreign file: skip, never crash the table
+    return records
+
+
+TABLE_COLUMNS = ["run_id", "variant", "preset", "budget_name", "seed", "status", "val_bpb_post_quant", "val_bpb",
+                 "val_loss_post_quant", "steps", "ms_per_step", "tokens_per_second", "mfu", "param_count",
+                 "artifact_total_bytes", "train_seconds"]
+
+
+def results_table(results_dir: Path, variant: str | None = None, budget: str | None = None,
+                  status: str | None = None):
+    """All run records as a polars DataFrame, best val_bpb (after quantization) first, failures last."""
+    import polars as pl
+
+    rows = [{c: r.get(c) for c in TABLE_COLUMNS} for r in load_records(results_dir)]
+    schema = {c: pl.Float64 for c in ("val_bpb_post_quant", "val_bpb", "val_loss_post_quant", "ms_per_step",
+                                      "tokens_per_second", "mfu", "train_seconds")}
+    schema.update({c: pl.Int64 for c in ("seed", "steps", "param_count", "artifact_total_bytes")})
+    schema.update({c: pl.Utf8 for c in TABLE_COLUMNS if c not in schema})
+    df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    for column, wanted in (("variant", variant), ("budget_name", budget), ("status", status)):
+        if wanted:
+            df = df.filter(pl.col(column).is_in(wanted.split(",")))
+    return df.sort(["val_bpb_post_quant", "val_bpb"], nulls_last=True)

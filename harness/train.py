@@ -1,0 +1,377 @@
+"""The trainer: one run of one variant under one budget, read top to bottom.
+
+SETUP → WARM-UP (untimed, state restored) → TRAIN LOOP (timed) → FINAL EVAL → EXPORT + ROUND TRIP → RECORD.
+Only training steps are charged to the budget's clock (modded-nanogpt's fair clock); validation pauses it and
+warm-up steps are undone. Every ending — ok, over the cap, diverged, interrupted, failed — writes its record.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import harness
+from harness import artifact, hardware
+from harness.budget import Budget
+from harness.config import as_dict, stable_hash
+from harness.data.datasets import resolve_dataset
+from harness.data.loader import DistributedTokenLoader, plan_accumulation
+from harness.errors import UserError
+from harness.metric import ScoredModel, evaluate, load_validation
+from harness.optim import build_optimizers
+from harness.registry import Variant
+from harness.results import SCHEMA_VERSION, default_results_dir, new_run_id, write_json_atomic
+
+
+@dataclass
+class RunSpec:
+    variant: Variant
+    config: Any
+    budget: Budget
+    preset: str | None = None
+    seed: int = 1337
+    run_id: str | None = None
+    results_dir: Path | None = None
+    data_root: Path | None = None
+    data_dir: Path | None = None
+    tokenizer: Path | None = None
+    device: str | None = None        # overrides the budget's device kind ("cpu" to run a CUDA budget here)
+    compile: bool | None = None      # None: compile on CUDA, not on CPU
+    max_steps: int | None = None     # overrides the budget's step cap (tests, quick checks)
+    quiet: bool = False
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+    def config_hash(self) -> str:
+        budget = {k: v for k, v in self.budget.to_dict().items() if k != "source"}
+        return stable_hash({"variant": self.variant.name, "config": as_dict(self.config), "budget": budget,
+                            "seed": self.seed})
+
+
+class Log:
+    """Prints (unless quiet) and appends to the run's log file; only rank 0 speaks."""
+
+    def __init__(self, enabled: bool, quiet: bool):
+        self.enabled, self.quiet, self.file = enabled, quiet, None
+        self.pending: list[str] = []
+
+    def open(self, path: Path) -> None:
+        self.file = open(path, "a", encoding="utf-8", buffering=1)
+        for line in self.pending:
+            self.file.write(line + "\n")
+        self.pending.clear()
+
+    def __call__(self, msg: str, console: bool = True) -> None:
+        if not self.enabled:
+            return
+        if console and not self.quiet:
+            print(msg, flush=True)
+        if self.file:
+            self.file.write(msg + "\n")
+        else:
+            self.pending.append(msg)
+
+
+def setup_distributed(device_kind: str) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; a single process otherwise."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, 0
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if not dist.is_initialized():
+        if device_kind == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return rank, world_size, local_rank
+
+
+def pick_device(spec: RunSpec, local_rank: int) -> torch.device:
+    kind = spec.device or spec.budget.device
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"budget {spec.budget.name!r} is meant for {spec.budget.device_count}×CUDA GPU but no CUDA "
+                        f"device is available; add --device cpu to run it here anyway (numbers not comparable)")
+    return torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
+
+
+def run(spec: RunSpec) -> dict:
+    # ------------------------------------------------------------------ SETUP
+    t_start = harness.PROCESS_START
+    b, c = spec.budget, spec.config
+    device_kind = spec.device or b.device
+    rank, world_size, local_rank = setup_distributed(device_kind)
+    distributed = world_size > 1
+    master = rank == 0
+    log = Log(master, spec.quiet)
+    device = pick_device(spec, local_rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    use_compile = spec.compile if spec.compile is not None else device.type == "cuda"
+    max_steps = spec.max_steps if spec.max_steps is not None else b.max_steps
+
+    if master:
+        dataset = resolve_dataset(b.dataset, spec.data_root, spec.data_dir, spec.tokenizer, log=log)
+    if distributed:
+        dist.barrier()  # rank 0 builds a missing embedded corpus once; the others then find it cached
+    if not master:
+        dataset = resolve_dataset(b.dataset, spec.data_root, spec.data_dir, spec.tokenizer, log=log)
+    if dataset.tokenizer.vocab_size != c.vocab_size:
+        raise UserError(f"tokenizer/vocab mismatch: dataset {dataset.name!r} has a {dataset.tokenizer.vocab_size}-"
+                        f"token vocabulary but the model has --vocab-size {c.vocab_size}; "
+                        f"pass --vocab-size {dataset.tokenizer.vocab_size}")
+    accumulation = plan_accumulation(b.tokens_per_step, b.micro_batch_tokens, b.seq_len, world_size)
+    val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
+    val_batch_tokens = b.tokens_per_step // (world_size * accumulation)
+
+    random.seed(spec.seed)
+    np.random.seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    model = spec.variant.build(c)  # built on the CPU so a seed gives the same init on any device
+    model.to(device)
+    scored = ScoredModel(model).to(device)
+    param_count = sum(p.numel() for p in model.parameters())
+    flops_per_token = hardware.count_train_flops_per_token(scored, c.vocab_size, b.seq_len, device)
+    optimizers, muon = build_optimizers(model, c, fused=device.type == "cuda")
+    compiled = torch.compile(scored, dynamic=False) if use_compile else scored
+    trainer = DDP(compiled, device_ids=[local_rank] if device.type == "cuda" else None,
+                  broadcast_buffers=False) if distributed else compiled
+
+    config_hash = spec.config_hash()
+    run_id = spec.run_id or new_run_id(spec.variant.name, b.name, spec.seed, config_hash)
+    if distributed:
+        shared = [run_id]
+        dist.broadcast_object_list(shared, src=0)
+        run_id = shared[0]
+    run_dir = Path(spec.results_dir or default_results_dir()) / run_id
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "config_hash": config_hash, "status": "running",
+        "variant": spec.variant.name, "preset": spec.preset, "config": as_dict(c), "seed": spec.seed,
+        "budget_name": b.name, "budget": b.to_dict(), "command": spec.command,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **hardware.git_state(),
+        "environment": hardware.environment(device, world_size),
+        "hardware_matches_budget": device.type == b.device and world_size == b.device_count,
+        "dataset": dataset.name, "dataset_hash": dataset.content_hash, "tokenizer": dataset.tokenizer.name,
+        "tokenizer_hash": dataset.tokenizer.content_hash, "val_tokens": val.target_tokens,
+        "val_bytes": val.target_bytes, "tokens_per_byte": val.target_tokens / val.target_bytes,
+        "world_size": world_size, "grad_accumulation": accumulation, "compiled": use_compile,
+        "param_count": param_count, "model_flops_per_token": flops_per_token,
+    }
+    if "entropy_bits_per_byte" in dataset.meta:
+        record["dataset_entropy_bits_per_byte"] = dataset.meta["entropy_bits_per_byte"]
+    if master:
+        if run_dir.exists():
+            raise UserError(f"results directory {run_dir} already exists; choose another --run-id")
+        run_dir.mkdir(parents=True)
+        log.open(run_dir / "log.txt")
+        write_json_atomic(run_dir / "run.json", record)
+    log(f"run {run_id}: {spec.variant.name}{':' + spec.preset if spec.preset else ''} under {b.name} | "
+        f"{param_count:,} params | {device.type}×{world_size} accum {accumulation} | dataset {dataset.name} "
+        f"(val {val.target_tokens:,} tokens) | seed {spec.seed} | compile {use_compile}")
+    log(f"command: {' '.join(spec.command)}", console=False)
+    log(f"environment: {record['environment']}", console=False)
+
+    loader = DistributedTokenLoader(dataset.train_files, rank, world_size, device)
+    curve: list[dict] = []
+    status, error, diverged_step = "running", None, None
+    training_ms, step, val_seconds_in_training = 0.0, 0, 0.0
+    cap_ms = 1000.0 * b.train_wallclock_seconds
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def lr_scale(step: int, elapsed_ms: float) -> float:
+        """Flat, then linear decay to 0 over the last warmdown_steps, the start predicted from the step time."""
+        if c.warmdown_steps <= 0:
+            return 1.0
+        by_clock = (cap_ms - elapsed_ms) / (elapsed_ms / step) if step > 0 and elapsed_ms > 0 else math.inf
+        return max(0.0, min(1.0, min(by_clock, max_steps - step) / c.warmdown_steps))
+
+    def train_step(step: int, elapsed_ms: float) -> torch.Tensor:
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        train_loss = torch.zeros((), device=device)
+        for micro in range(accumulation):
+            if distributed:
+                trainer.require_backward_grad_sync = micro == accumulation - 1
+            x, y = loader.next_batch(b.tokens_per_step, b.seq_len, accumulation)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                loss, aux = trainer(x, y)
+            train_loss += loss.detach()
+            ((loss + aux) / accumulation).backward()
+        frac = min(step / c.muon_momentum_warmup_steps, 1.0) if c.muon_momentum_warmup_steps > 0 else 1.0
+        for group in muon.param_groups:
+            group["momentum"] = (1 - frac) * c.muon_momentum_warmup_start + frac * c.muon_momentum
+        scale = lr_scale(step, elapsed_ms)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+        if c.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        return train_loss / accumulation
+
+    def validate() -> tuple[float, float]:
+        return evaluate(compiled, val, val_batch_tokens, rank, world_size, device, autocast_dtype)
+
+    def write_record() -> None:
+        if master:
+            record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            record["wallclock_seconds_total"] = time.perf_counter() - t_start
+            record["outside_training_fraction"] = 1 - record.get("train_seconds", 0.0) / record[
+                "wallclock_seconds_total"]
+            write_json_atomic(run_dir / "run.json", record)
+
+    try:
+        # ------------------------------------------------------------------ WARM-UP (untimed, undone)
+        t_warm = time.perf_counter()
+        record["setup_seconds"] = t_warm - t_start
+        if b.warmup_steps > 0:
+            initial_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+            for i in range(b.warmup_steps):
+                train_step(i, 0.0)
+            model.load_state_dict(initial_model)
+            for opt, state in zip(optimizers, initial_opts):
+                opt.load_state_dict(state)
+            loader = DistributedTokenLoader(dataset.train_files, rank, world_size, device)
+        sync()
+        record["warmup_seconds"] = time.perf_counter() - t_warm
+        log(f"warm-up: {b.warmup_steps} steps in {record['warmup_seconds']:.1f}s (not charged; state restored)")
+
+        # ------------------------------------------------------------------ TRAIN LOOP (timed)
+        next_log_ms, next_val_ms = 1000.0 * b.log_every_seconds, 1000.0 * b.val_every_seconds or math.inf
+        t0 = time.perf_counter()
+        while step < max_steps:
+            elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+            train_loss = train_step(step, elapsed_ms)
+            step += 1
+            elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+            # One all-reduce per step: the global batch's mean loss, and whether any rank hit the cap.
+            shared = torch.stack([train_loss.float(), torch.tensor(float(elapsed_ms >= cap_ms), device=device)])
+            if distributed:
+                dist.all_reduce(shared)
+                shared[0] /= world_size
+            loss_value, reached_cap = shared.tolist()
+            curve.append({"step": step, "seconds": elapsed_ms / 1000.0, "tokens": step * b.tokens_per_step,
+                          "train_loss": loss_value if math.isfinite(loss_value) else None})
+            if not math.isfinite(loss_value):
+                status, diverged_step = "diverged", step
+                log(f"step {step}: train loss is {loss_value}; stopping (diverged)")
+                break
+            done = reached_cap > 0 or step >= max_steps
+            if elapsed_ms >= next_log_ms or done or step == 1:
+                tps = step * b.tokens_per_step / (elapsed_ms / 1000.0)
+                log(f"step {step} | loss {loss_value:.4f} | {tps / 1000:.1f}k tok/s | "
+                    f"{elapsed_ms / step:.1f} ms/step | "
+                    f"train {elapsed_ms / 1000:.1f}s of {b.train_wallclock_seconds:.0f}s "
+                    f"({max(cap_ms - elapsed_ms, 0) / 1000:.1f}s left)")
+                next_log_ms = (elapsed_ms // (1000.0 * b.log_every_seconds) + 1) * 1000.0 * b.log_every_seconds
+            if elapsed_ms >= next_val_ms and not done:
+                sync()
+                training_ms += 1000.0 * (time.perf_counter() - t0)  # clock paused during validation
+                t_val = time.perf_counter()
+                val_loss, val_bpb = validate()
+                val_seconds_in_training += time.perf_counter() - t_val
+                curve[-1].update(val_loss=val_loss, val_bpb=val_bpb)
+                log(f"step {step} | val_loss {val_loss:.4f} | val_bpb {val_bpb:.4f}")
+                next_val_ms = (training_ms // (1000.0 * b.val_every_seconds) + 1) * 1000.0 * b.val_every_seconds
+                sync()
+                t0 = time.perf_counter()
+            if done:
+                break
+        sync()
+        training_ms += 1000.0 * (time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        log(f"interrupted at step {step}; writing what the run produced")
+    except Exception as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        log(traceback.format_exc())
+    if status in ("interrupted", "failed") and step and curve:
+        training_ms = 1000.0 * curve[-1]["seconds"]  # the clock as of the last completed step
+
+    record.update(steps=step, tokens_seen=step * b.tokens_per_step, train_seconds=training_ms / 1000.0,
+                  ms_per_step=training_ms / step if step and training_ms else None,
+                  tokens_per_second=(step * b.tokens_per_step / (training_ms / 1000.0)
+                                     if step and training_ms else None),
+                  curve=curve, diverged_step=diverged_step, error=error,
+                  val_seconds_in_training=val_seconds_in_training, peak_memory_bytes=hardware.peak_memory_bytes(device))
+    peak = hardware.peak_flops(device)
+    record["mfu"] = (flops_per_token * record["tokens_per_second"] / (peak * world_size)
+                     if peak and record["tokens_per_second"] else None)
+    if status in ("failed", "diverged"):
+        record["status"] = status
+        write_record()
+        if status == "failed":
+            raise RuntimeError(f"run {run_id} failed: {error} (record and log in {run_dir})")
+        return record
+
+    try:
+        # ------------------------------------------------------------------ FINAL EVAL
+        if status == "running":
+            t_eval = time.perf_counter()
+            record["val_loss"], record["val_bpb"] = validate()
+            sync()
+            record["eval_seconds"] = time.perf_counter() - t_eval
+            log(f"final: val_loss {record['val_loss']:.4f} | val_bpb {record['val_bpb']:.4f} | "
+                f"{record['eval_seconds']:.1f}s")
+
+        # ------------------------------------------------------------------ EXPORT + ROUND TRIP
+        blob = artifact.compress(model.state_dict())
+        size = artifact.measure(blob, artifact.model_source_files(model, spec.variant.source_file))
+        if master:
+            (run_dir / "model.int8.ptz").write_bytes(blob)
+        record.update(artifact_model_bytes=size.model_bytes, artifact_code_bytes=size.code_bytes,
+                      artifact_total_bytes=size.total_bytes, artifact_cap_bytes=b.artifact_cap_bytes,
+                      artifact_code_files=[os.path.relpath(p, harness.REPO_ROOT) for p in size.code_files])
+        if status == "running":
+            model.load_state_dict(artifact.decompress(blob), strict=True)
+            t_eval = time.perf_counter()
+            record["val_loss_post_quant"], record["val_bpb_post_quant"] = validate()
+            sync()
+            record["eval_seconds_post_quant"] = time.perf_counter() - t_eval
+            log(f"int8+zlib round trip: val_loss {record['val_loss_post_quant']:.4f} | "
+                f"val_bpb {record['val_bpb_post_quant']:.4f} | artifact {size.total_bytes:,} bytes "
+                f"(model {size.model_bytes:,} + code {size.code_bytes:,}; cap {b.artifact_cap_bytes:,})")
+            status = ("over_cap" if size.total_bytes > b.artifact_cap_bytes else
+                      "over_eval_limit" if record["eval_seconds_post_quant"] > b.eval_seconds_limit else "ok")
+    except KeyboardInterrupt:
+        status = "interrupted"
+        log("interrupted during evaluation; writing what the run produced")
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        log(traceback.format_exc())
+        record["status"] = "failed"
+        write_record()
+        raise RuntimeError(f"run {run_id} failed: {record['error']} (record and log in {run_dir})") from exc
+
+    # ------------------------------------------------------------------ RECORD
+    record["status"] = status
+    write_record()
+    log(f"{status}: {run_id} | val_bpb {fmt(record.get('val_bpb_post_quant'))} (pre-quant "
+        f"{fmt(record.get('val_bpb'))}) | {step} steps | {fmt(record['ms_per_step'], 1)} ms/step | "
+        f"{fmt(record['tokens_per_second'], 0)} tok/s | record {run_dir / 'run.json'}")
+    if spec.quiet and master:
+        print(f"{status} {run_id} val_bpb={fmt(record.get('val_bpb_post_quant'))}", flush=True)
+    if distributed:
+        dist.barrier()
+    return record
+
+
+def fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

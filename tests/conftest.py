@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny budgets written to temp files, and a helper that runs the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_BUDGET = {
+    "description": "tiny test budget", "train_wallclock_seconds": 30, "device": "cpu", "device_count": 1,
+    "tokens_per_step": 1024, "micro_batch_tokens": 1024, "seq_len": 64, "dataset": "builtin",
+    "val_tokens_cap": 4096, "eval_seconds_limit": 60, "val_every_seconds": 0, "log_every_seconds": 5,
+    "artifact_cap_bytes": 16_000_000, "warmup_steps": 1,
+}
+TINY_MODEL = {"num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2,
+              "warmdown_steps": 5}
+
+
+def toml_value(v) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
+def write_budget(path: Path, budget: dict | None = None, model: dict | None = None, **changes) -> Path:
+    """A budget TOML file: the tiny budget with `changes`, and a [model] table."""
+    values = {**TINY_BUDGET, **(budget or {}), **changes}
+    lines = [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
+    lines += ["", "[model]"] + [f"{k} = {toml_value(v)}" for k, v in {**TINY_MODEL, **(model or {})}.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_budget(tmp_path) -> Path:
+    return write_budget(tmp_path / "tiny.toml")
+
+
+def harness_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path = REPO,
+                module: tuple[str, ...] = ("-m", "harness")) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, *module, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def only_record(results_dir: Path) -> dict:
+    records = sorted(Path(results_dir).glob("*/run.json"))
+    assert len(records) == 1, f"expected one run record in {results_dir}, found {len(records)}"
+    return json.loads(records[0].read_text())

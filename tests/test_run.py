@@ -1,0 +1,179 @@
+"""Whole runs through the real CLI: every ending writes a complete record."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, harness_cli, only_record, write_budget
+
+REQUIRED_FIELDS = [
+    "schema_version", "run_id", "config_hash", "variant", "config", "budget", "budget_name", "seed", "commit",
+    "dirty", "environment", "dataset", "dataset_hash", "tokenizer_hash", "status", "steps", "tokens_seen",
+    "train_seconds", "ms_per_step", "tokens_per_second", "model_flops_per_token", "mfu", "peak_memory_bytes",
+    "param_count", "val_loss", "val_bpb", "val_loss_post_quant", "val_bpb_post_quant", "artifact_model_bytes",
+    "artifact_code_bytes", "artifact_total_bytes", "curve", "wallclock_seconds_total", "outside_training_fraction",
+]
+
+
+def test_smoke_run_learns_far_below_the_unigram_entropy(tmp_path):
+    """The README's main command, unchanged: a full smoke run with a complete record."""
+    results = tmp_path / "results"
+    result = harness_cli("run", "--variant", "baseline", "--budget", "smoke",
+                         env={"HARNESS_RESULTS_DIR": str(results)})
+    assert result.returncode == 0, result.stderr
+    record = only_record(results)
+    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    assert not missing, f"record lacks {missing}"
+    assert record["status"] == "ok" and record["steps"] > 50
+    assert 59.0 <= record["train_seconds"] <= 62.0
+    assert record["environment"]["torch"] and record["environment"]["device_type"] == "cpu"
+    assert record["artifact_total_bytes"] == record["artifact_model_bytes"] + record["artifact_code_bytes"]
+    assert (results / record["run_id"] / "model.int8.ptz").stat().st_size == record["artifact_model_bytes"]
+    assert "final: val_loss" in (results / record["run_id"] / "log.txt").read_text()
+    assert any("val_bpb" in point for point in record["curve"][:-1]), "no validation during training"
+    assert len(record["curve"]) == record["steps"]
+    # Unigram entropy of the training tokens, scored on validation, in bits per byte.
+    from harness.data.datasets import resolve_dataset
+    from harness.data.shards import read_shard
+
+    ds = resolve_dataset("builtin")
+    train = np.asarray(read_shard(ds.train_files[0]))
+    p = (np.bincount(train, minlength=1024) + 1) / (train.size + 1024)
+    val = np.asarray(read_shard(ds.val_files[0]))[1:record["val_tokens"] + 1]
+    unigram_bpb = -np.log2(p[val]).mean() * record["tokens_per_byte"]
+    assert record["val_bpb_post_quant"] < 0.75 * unigram_bpb
+    assert abs(record["val_bpb_post_quant"] - record["val_bpb"]) < 0.02
+
+
+def test_synthetic_source_is_scored_just_above_its_entropy_never_below(tmp_path):
+    from harness.data.synthetic import SETTINGS, transition_matrix
+
+    results = tmp_path / "results"
+    result = harness_cli("run", "--variant", "baseline", "--budget", "synthetic", "--quiet",
+                         env={"HARNESS_RESULTS_DIR": str(results)})
+    assert result.returncode == 0, result.stderr
+    record = only_record(results)
+    entropy = record["dataset_entropy_bits_per_byte"]
+    # The true source's own log-loss on this validation sample (where it has its full context).
+    from harness.data.datasets import resolve_dataset
+    from harness.data.shards import read_shard
+
+    symbols = np.asarray(read_shard(resolve_dataset("synthetic").val_files[0])).astype(np.int64) - (ord("a") + 4)
+    P = transition_matrix(SETTINGS["order"], SETTINGS["alphabet"], SETTINGS["concentration"], SETTINGS["seed"])
+    state = symbols[:-2] * SETTINGS["alphabet"] + symbols[1:-1]
+    oracle_bpb = -np.log2(P[state, symbols[2:]]).mean()
+    assert abs(oracle_bpb - entropy) < 0.03
+    assert record["val_bpb"] > oracle_bpb and record["val_bpb"] > entropy
+    assert record["val_bpb"] < entropy + 0.12, "a small model should get close to the source's entropy"
+    assert record["tokens_per_byte"] == 1.0
+
+
+def tiny_run(tmp_path, name, *extra, budget=None, env=None):
+    results = tmp_path / name
+    budget = budget or write_budget(tmp_path / f"{name}.toml")
+    result = harness_cli("run", "--variant", "baseline", "--budget", str(budget), "--quiet", *extra,
+                         env={"HARNESS_RESULTS_DIR": str(results), **(env or {})})
+    return result, results
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    budget = write_budget(tmp_path / "ddp.toml", tokens_per_step=2048, micro_batch_tokens=1024, warmup_steps=0)
+    one, one_dir = tiny_run(tmp_path, "one", "--max-steps", "4", budget=budget)
+    assert one.returncode == 0, one.stderr
+    results = tmp_path / "two"
+    two = harness_cli("--nproc-per-node", "2", "-m", "harness", "run", "--variant", "baseline", "--budget",
+                      str(budget), "--max-steps", "4", "--quiet", module=("-m", "torch.distributed.run"),
+                      env={"HARNESS_RESULTS_DIR": str(results), "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr
+    a, b = only_record(one_dir), only_record(results)
+    assert (a["world_size"], a["grad_accumulation"]) == (1, 2)
+    assert (b["world_size"], b["grad_accumulation"]) == (2, 1)
+    assert a["tokens_seen"] == b["tokens_seen"] == 4 * 2048
+    losses_a = [p["train_loss"] for p in a["curve"]]
+    losses_b = [p["train_loss"] for p in b["curve"]]
+    assert losses_a == pytest.approx(losses_b, rel=1e-4)
+    assert a["val_bpb"] == pytest.approx(b["val_bpb"], rel=1e-4)
+
+
+def test_seeded_cpu_runs_are_reproducible(tmp_path):
+    budget = write_budget(tmp_path / "same.toml")
+    first, d1 = tiny_run(tmp_path, "a", "--max-steps", "3", "--seed", "7", budget=budget)
+    second, d2 = tiny_run(tmp_path, "b", "--max-steps", "3", "--seed", "7", budget=budget)
+    assert first.returncode == second.returncode == 0
+    r1, r2 = only_record(d1), only_record(d2)
+    assert [p["train_loss"] for p in r1["curve"]] == [p["train_loss"] for p in r2["curve"]]
+    assert r1["val_bpb_post_quant"] == r2["val_bpb_post_quant"]
+    assert r1["config_hash"] == r2["config_hash"] and r1["run_id"] != r2["run_id"]
+
+
+def test_nan_loss_stops_the_run_as_diverged_and_records_it(tmp_path):
+    results = tmp_path / "r"
+    budget = write_budget(tmp_path / "b.toml", warmup_steps=0)
+    result = harness_cli("run", "--variant", str(REPO / "tests/fixtures/nan_variant.py"), "--budget", str(budget),
+                         env={"HARNESS_RESULTS_DIR": str(results)})
+    assert result.returncode == 1
+    record = only_record(results)
+    assert record["status"] == "diverged" and record["diverged_step"] == 2 and record["steps"] == 2
+    assert record["variant"] == "nan_after_two"
+    assert record["curve"][0]["train_loss"] is not None and record["curve"][1]["train_loss"] is None
+
+
+def test_a_bug_mid_run_is_recorded_as_failed_and_keeps_its_traceback(tmp_path):
+    results = tmp_path / "r"
+    budget = write_budget(tmp_path / "b.toml", warmup_steps=0)
+    result = harness_cli("run", "--variant", str(REPO / "tests/fixtures/failing_variant.py"), "--budget",
+                         str(budget), env={"HARNESS_RESULTS_DIR": str(results)})
+    assert result.returncode == 1 and "Traceback" in result.stderr
+    record = only_record(results)
+    assert record["status"] == "failed" and "deliberate bug" in record["error"]
+    assert "deliberate bug" in (results / record["run_id"] / "log.txt").read_text()
+
+
+def test_ctrl_c_stops_the_run_as_interrupted_and_records_it(tmp_path):
+    results = tmp_path / "r"
+    budget = write_budget(tmp_path / "b.toml", train_wallclock_seconds=120, warmup_steps=0)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--variant", "baseline", "--budget", str(budget)],
+                            cwd=REPO, env={**os.environ, "HARNESS_RESULTS_DIR": str(results),
+                                           "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("step "):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    record = only_record(results)
+    assert record["status"] == "interrupted" and record["steps"] >= 1
+    assert record["train_seconds"] < 60 and record["artifact_model_bytes"] > 0
+    assert "val_bpb_post_quant" not in record
+
+
+def test_over_the_cap_is_recorded_as_over_cap(tmp_path):
+    budget = write_budget(tmp_path / "b.toml", artifact_cap_bytes=1000)
+    result, results = tiny_run(tmp_path, "cap", "--max-steps", "2", budget=budget)
+    assert result.returncode == 0
+    record = only_record(results)
+    assert record["status"] == "over_cap" and record["artifact_total_bytes"] > 1000
+    assert math.isfinite(record["val_bpb_post_quant"])
+
+
+def test_results_table_lists_runs_best_first_and_filters(tmp_path):
+    results = tmp_path / "r"
+    results.mkdir()
+    for i, (bpb, status) in enumerate(((2.5, "ok"), (1.5, "ok"), (None, "diverged"))):
+        (results / f"run{i}").mkdir()
+        (results / f"run{i}" / "run.json").write_text(json.dumps(
+            {"run_id": f"run{i}", "variant": "baseline", "budget_name": "smoke", "status": status,
+             "val_bpb_post_quant": bpb, "seed": i}))
+    out = harness_cli("results", "--results-dir", str(results)).stdout
+    assert out.index("run1") < out.index("run0") < out.index("run2")
+    filtered = harness_cli("results", "--results-dir", str(results), "--status", "diverged").stdout
+    assert "run2" in filtered and "run0" not in filtered

@@ -1,0 +1,1 @@
+"""Variant plugins: one file per architecture family, each calling harness.registry.register once."""
