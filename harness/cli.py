@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -92,6 +93,10 @@ def build_parser() -> Parser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.budget import load_budget
     from harness.registry import get_variant
@@ -110,6 +115,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
                    results_dir=args.results_dir, data_root=args.data_root, data_dir=args.data_dir,
                    tokenizer=args.tokenizer, device=args.device, compile=args.compile, max_steps=args.max_steps,
                    quiet=args.quiet)
+    # SLURM and other schedulers stop jobs with SIGTERM: record those runs as interrupted, like Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     record = run(spec)
     return 0 if record["status"] in ("ok", "over_cap", "over_eval_limit") else 1
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import subprocess
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,21 +40,40 @@ def _cpu_flash_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, o
     return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def count_train_flops_per_token(scored: nn.Module, vocab_size: int, seq_len: int, device: torch.device) -> int:
+def count_train_flops_per_token(scored: nn.Module, vocab_size: int, seq_len: int, device: torch.device,
+                                cache_file: Path | None = None, cache_key: str | None = None) -> int:
     """FLOPs of one forward + backward on one sequence, per token, counted by torch's FlopCounterMode.
 
     Attention is counted over the full T×T score matrix (torch's convention on CUDA, mirrored here on CPU),
-    so MFU is comparable with the usual 6N + 12·L·T·d accounting.
+    so MFU is comparable with the usual 6N + 12·L·T·d accounting. The count depends only on the model's
+    code and shape, so it is cached under `cache_key` (entering the counter costs ~2 s of imports).
     """
+    cache = _read_json(cache_file) if cache_file and cache_key else {}
+    if cache_key in cache:
+        return int(cache[cache_key])
     aten = torch.ops.aten
     mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd,
                aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_bwd}
-    x = torch.randint(0, vocab_size, (1, seq_len), device=device)
+    # Its own generator: whether the count is cached must not change the global RNG stream of the run.
+    x = torch.randint(0, vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         loss, aux = scored(x, x)
         (loss + aux).backward()
     scored.zero_grad(set_to_none=True)
-    return counter.get_total_flops() // seq_len
+    flops = counter.get_total_flops() // seq_len
+    if cache_file and cache_key:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({**_read_json(cache_file), cache_key: flops}, indent=0))
+        os.replace(tmp, cache_file)  # concurrent writers may drop an entry: it is recomputed, never wrong
+    return flops
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -27,7 +27,7 @@ import harness
 from harness import artifact, hardware
 from harness.budget import Budget
 from harness.config import as_dict, stable_hash
-from harness.data.datasets import resolve_dataset
+from harness.data.datasets import default_data_root, resolve_dataset
 from harness.data.loader import DistributedTokenLoader, plan_accumulation
 from harness.errors import UserError
 from harness.metric import ScoredModel, evaluate, load_validation
@@ -143,7 +143,12 @@ def run(spec: RunSpec) -> dict:
     model.to(device)
     scored = ScoredModel(model).to(device)
     param_count = sum(p.numel() for p in model.parameters())
-    flops_per_token = hardware.count_train_flops_per_token(scored, c.vocab_size, b.seq_len, device)
+    model_code = [p.read_text() for p in artifact.model_source_files(model, spec.variant.source_file)]
+    flops_key = stable_hash({"code": model_code, "config": as_dict(c), "seq_len": b.seq_len,
+                             "torch": torch.__version__, "device": device.type})
+    flops_cache = (spec.data_root or default_data_root()) / "cache" / "flops.json"
+    flops_per_token = hardware.count_train_flops_per_token(scored, c.vocab_size, b.seq_len, device,
+                                                           flops_cache, flops_key)
     optimizers, muon = build_optimizers(model, c, fused=device.type == "cuda")
     compiled = torch.compile(scored, dynamic=False) if use_compile else scored
     trainer = DDP(compiled, device_ids=[local_rank] if device.type == "cuda" else None,

@@ -136,7 +136,8 @@ def test_a_bug_mid_run_is_recorded_as_failed_and_keeps_its_traceback(tmp_path):
     assert "deliberate bug" in (results / record["run_id"] / "log.txt").read_text()
 
 
-def test_ctrl_c_stops_the_run_as_interrupted_and_records_it(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_the_run_as_interrupted_and_records_it(tmp_path, sig):
     results = tmp_path / "r"
     budget = write_budget(tmp_path / "b.toml", train_wallclock_seconds=120, warmup_steps=0)
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--variant", "baseline", "--budget", str(budget)],
@@ -147,7 +148,7 @@ def test_ctrl_c_stops_the_run_as_interrupted_and_records_it(tmp_path):
         if line.startswith("step "):
             break
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, out
     record = only_record(results)
