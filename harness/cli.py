@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import signal
 import sys
 import typing
@@ -109,6 +110,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     preset = args.preset or preset
     flags = parse_config_flags(variant.config_cls, extra)
     config = variant.resolve(preset, budget.model, flags, budget.name)
+    if args.run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_id):
+        raise UserError(f"--run-id {args.run_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=args.seed, run_id=args.run_id,

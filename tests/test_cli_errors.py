@@ -44,6 +44,8 @@ CASES = {
     "missing variant file": (["run", "--variant", "/nonexistent/v.py", "--budget", "smoke"], ["does not exist"]),
     "unknown common flag value": (["run", "--variant", "baseline", "--budget", "smoke", "--device", "tpu"],
                                   ["invalid choice"]),
+    "run id that is a path": (["run", "--variant", "baseline", "--budget", "smoke", "--run-id", "../x"],
+                              ["--run-id '../x' must be"]),
     "fineweb offline": (["data", "fineweb", "--train-shards", "1"], ["cannot reach", "huggingface.co"]),
 }
 
