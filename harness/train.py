@@ -118,6 +118,8 @@ def run(spec: RunSpec) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # Parameters stay fp32 and matmuls run in bf16 under autocast on CUDA (train_gpt.py also keeps its
+    # embedding in bf16; here every variant gets the same fp32 master weights). CPUs run plain fp32.
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
     use_compile = spec.compile if spec.compile is not None else device.type == "cuda"
     max_steps = spec.max_steps if spec.max_steps is not None else b.max_steps
