@@ -144,8 +144,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from harness.results import default_results_dir, results_table
+    from harness.results import STATUSES, default_results_dir, results_table
 
+    unknown = sorted(set(args.status.split(",")) - set(STATUSES)) if args.status else []
+    if unknown:
+        raise UserError(f"--status {unknown[0]!r} is not a run status; use one of: {', '.join(STATUSES)}")
     df = results_table(args.results_dir or default_results_dir(), args.variant, args.budget, args.status)
     if df.is_empty():
         print("no runs recorded yet (python -m harness run --variant baseline --budget smoke makes one)")

@@ -64,6 +64,16 @@ def type_name(kind: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
 
 
+def _has_type(value: Any, kind: Any) -> bool:
+    if typing.get_origin(kind) is tuple:
+        return isinstance(value, tuple)
+    if isinstance(value, bool):  # bool is an int subclass, but True is not a layer count
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
 def validate(config: Any) -> None:
     """Check every field against its declared type, range and choices; raise UserError naming the flag."""
     cls = type(config)
@@ -71,10 +81,7 @@ def validate(config: Any) -> None:
         value = getattr(config, f.name)
         flag = "--" + f.name.replace("_", "-")
         kind = field_type(cls, f.name)
-        ok_type = isinstance(value, tuple) if typing.get_origin(kind) is tuple else (
-            isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
-            else isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
-        if not ok_type:
+        if not _has_type(value, kind):
             raise UserError(f"{flag} expects {type_name(kind)}, got {value!r}")
         meta = f.metadata
         if meta.get("choices") is not None and value not in meta["choices"]:

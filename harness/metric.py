@@ -21,6 +21,11 @@ from harness.data.tokenizers import ByteTables
 from harness.errors import UserError
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast on CUDA (dtype given); a no-op context on CPU (dtype None)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def split_output(out) -> tuple[Tensor, dict[str, Tensor]]:
     """A model returns logits, or (logits, {name: training-only loss term})."""
     if isinstance(out, Tensor):
@@ -86,7 +91,7 @@ def evaluate(scored: nn.Module, val: ValidationSet, batch_tokens: int, rank: int
         end = min(start + seqs_per_batch, last)
         chunk = val.tokens[start * val.seq_len:end * val.seq_len + 1].to(device, non_blocking=True).long()
         x, y = chunk[:-1].reshape(-1, val.seq_len), chunk[1:].reshape(-1, val.seq_len)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device, autocast_dtype):
             loss, _ = scored(x, y, train=False)
         loss_sum += loss.double()
     if dist.is_available() and dist.is_initialized():

@@ -33,9 +33,6 @@ class Variant:
     doc: str = ""
     source_file: Path | None = None
 
-    def default_config(self) -> Any:
-        return self.config_cls()
-
     def resolve(self, preset: str | None = None, budget_overrides: dict[str, Any] | None = None,
                 flags: dict[str, Any] | None = None, budget_name: str = "budget") -> Any:
         """Defaults → the budget's model overrides → a preset → command-line flags, validated at each layer."""
@@ -108,8 +105,3 @@ def get_variant(name_or_path: str) -> tuple[Variant, str | None]:
             raise UserError(f"variants/{name}.py does not register a variant named {name!r}")
     return _REGISTRY[name], preset or None
 
-
-def all_variants() -> list[Variant]:
-    for name in known_variant_names():
-        get_variant(name)
-    return sorted(_REGISTRY.values(), key=lambda v: v.name)

@@ -30,7 +30,7 @@ from harness.config import as_dict, stable_hash
 from harness.data.datasets import default_data_root, resolve_dataset
 from harness.data.loader import DistributedTokenLoader, plan_accumulation
 from harness.errors import UserError
-from harness.metric import ScoredModel, evaluate, load_validation
+from harness.metric import ScoredModel, autocast, evaluate, load_validation
 from harness.optim import build_optimizers
 from harness.registry import Variant
 from harness.results import SCHEMA_VERSION, default_results_dir, new_run_id, write_json_atomic
@@ -145,8 +145,8 @@ def run(spec: RunSpec) -> dict:
     model.to(device)
     scored = ScoredModel(model).to(device)
     param_count = sum(p.numel() for p in model.parameters())
-    model_code = [p.read_text() for p in artifact.model_source_files(model, spec.variant.source_file)]
-    flops_key = stable_hash({"code": model_code, "config": as_dict(c), "seq_len": b.seq_len,
+    code_files = artifact.model_source_files(model, spec.variant.source_file)
+    flops_key = stable_hash({"code": [p.read_text() for p in code_files], "config": as_dict(c), "seq_len": b.seq_len,
                              "torch": torch.__version__, "device": device.type})
     flops_cache = (spec.data_root or default_data_root()) / "cache" / "flops.json"
     flops_per_token = hardware.count_train_flops_per_token(scored, c.vocab_size, b.seq_len, device,
@@ -192,7 +192,7 @@ def run(spec: RunSpec) -> dict:
 
     loader = DistributedTokenLoader(dataset.train_files, rank, world_size, device)
     curve: list[dict] = []
-    status, error, diverged_step = "running", None, None
+    status, error, diverged_step, failure = "running", None, None, None
     training_ms, step, val_seconds_in_training = 0.0, 0, 0.0
     cap_ms = 1000.0 * b.train_wallclock_seconds
 
@@ -215,7 +215,7 @@ def run(spec: RunSpec) -> dict:
             if distributed:
                 trainer.require_backward_grad_sync = micro == accumulation - 1
             x, y = loader.next_batch(b.tokens_per_step, b.seq_len, accumulation)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with autocast(device, autocast_dtype):
                 loss, aux = trainer(x, y)
             train_loss += loss.detach()
             ((loss + aux) / accumulation).backward()
@@ -235,7 +235,8 @@ def run(spec: RunSpec) -> dict:
     def validate() -> tuple[float, float]:
         return evaluate(compiled, val, val_batch_tokens, rank, world_size, device, autocast_dtype)
 
-    def write_record() -> None:
+    def finish(final_status: str) -> None:
+        record["status"] = final_status
         if master:
             record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             record["wallclock_seconds_total"] = time.perf_counter() - t_start
@@ -307,8 +308,8 @@ def run(spec: RunSpec) -> dict:
         status = "interrupted"
         log(f"interrupted at step {step}; writing what the run produced")
     except Exception as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        log(traceback.format_exc())
+        status, error, failure = "failed", f"{type(exc).__name__}: {exc}", exc
+        log(traceback.format_exc(), console=False)  # stderr gets it from the re-raise below
     if status in ("interrupted", "failed") and step and curve:
         training_ms = 1000.0 * curve[-1]["seconds"]  # the clock as of the last completed step
 
@@ -321,12 +322,12 @@ def run(spec: RunSpec) -> dict:
     peak = hardware.peak_flops(device)
     record["mfu"] = (flops_per_token * record["tokens_per_second"] / (peak * world_size)
                      if peak and record["tokens_per_second"] else None)
-    if status in ("failed", "diverged"):
-        record["status"] = status
-        write_record()
-        if status == "failed":
-            raise RuntimeError(f"run {run_id} failed: {error} (record and log in {run_dir})")
+    if status == "diverged":
+        finish(status)
         return record
+    if status == "failed":
+        finish(status)
+        raise RuntimeError(f"run {run_id} failed: {error} (record and log in {run_dir})") from failure
 
     try:
         # ------------------------------------------------------------------ FINAL EVAL
@@ -340,7 +341,7 @@ def run(spec: RunSpec) -> dict:
 
         # ------------------------------------------------------------------ EXPORT + ROUND TRIP
         blob = artifact.compress(model.state_dict())
-        size = artifact.measure(blob, artifact.model_source_files(model, spec.variant.source_file))
+        size = artifact.measure(blob, code_files)
         if master:
             (run_dir / "model.int8.ptz").write_bytes(blob)
         record.update(artifact_model_bytes=size.model_bytes, artifact_code_bytes=size.code_bytes,
@@ -362,14 +363,12 @@ def run(spec: RunSpec) -> dict:
         log("interrupted during evaluation; writing what the run produced")
     except Exception as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"
-        log(traceback.format_exc())
-        record["status"] = "failed"
-        write_record()
+        log(traceback.format_exc(), console=False)  # stderr gets it from the re-raise below
+        finish("failed")
         raise RuntimeError(f"run {run_id} failed: {record['error']} (record and log in {run_dir})") from exc
 
     # ------------------------------------------------------------------ RECORD
-    record["status"] = status
-    write_record()
+    finish(status)
     log(f"{status}: {run_id} | val_bpb {fmt(record.get('val_bpb_post_quant'))} (pre-quant "
         f"{fmt(record.get('val_bpb'))}) | {step} steps | {fmt(record['ms_per_step'], 1)} ms/step | "
         f"{fmt(record['tokens_per_second'], 0)} tok/s | record {run_dir / 'run.json'}")

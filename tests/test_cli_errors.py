@@ -46,6 +46,7 @@ CASES = {
                                   ["invalid choice"]),
     "run id that is a path": (["run", "--variant", "baseline", "--budget", "smoke", "--run-id", "../x"],
                               ["--run-id '../x' must be"]),
+    "unknown status filter": (["results", "--status", "okk"], ["--status 'okk' is not a run status", "over_cap"]),
     "fineweb offline": (["data", "fineweb", "--train-shards", "1"], ["cannot reach", "huggingface.co"]),
 }
 

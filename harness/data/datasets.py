@@ -29,10 +29,6 @@ class Dataset:
     content_hash: str
     meta: dict = field(default_factory=dict)
 
-    @property
-    def val_token_count(self) -> int:
-        return sum(shard_token_count(p) for p in self.val_files)
-
 
 def _hash_shards(train: tuple[Path, ...], val: tuple[Path, ...]) -> str:
     """Validation shards are hashed whole; training shards by name, size and their first and last MiB."""
