@@ -121,7 +121,7 @@ def test_nan_loss_stops_the_run_as_diverged_and_records_it(tmp_path):
     assert result.returncode == 1
     record = only_record(results)
     assert record["status"] == "diverged" and record["diverged_step"] == 2 and record["steps"] == 2
-    assert record["variant"] == "nan_after_two"
+    assert record["variant"] == "nan_after_update"
     assert record["curve"][0]["train_loss"] is not None and record["curve"][1]["train_loss"] is None
 
 
