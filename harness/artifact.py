@@ -96,6 +96,39 @@ def decompress(blob: bytes) -> dict[str, Tensor]:
                                             weights_only=True))
 
 
+def restore(build, config, blob: bytes) -> nn.Module:
+    """A new model built from the config under a different RNG state and loaded from the artifact alone.
+
+    Anything the artifact does not hold must be rebuilt from the config (a stored seed), or it comes out
+    different here and the round-trip score shows it. Declared training-only tensors may be missing.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0x5EED_0F_A17)
+        model = build(config)
+    state = decompress(blob)
+    result = model.load_state_dict(state, strict=False)
+    drop = tuple(getattr(model, "training_only", ()))
+    missing = [k for k in result.missing_keys if not (drop and k.startswith(drop))]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"artifact does not match the model: missing {missing[:5]}, "
+                           f"unexpected {result.unexpected_keys[:5]}")
+    return model
+
+
+@torch.no_grad()
+def copy_tensors(dst: nn.Module, src: nn.Module) -> None:
+    """Copy every parameter and buffer, persistent or not, from src into dst (same architecture, any device)."""
+    src_tensors = {**dict(src.named_parameters()), **dict(src.named_buffers())}
+    for name, t in [*dst.named_parameters(), *dst.named_buffers()]:
+        t.copy_(src_tensors[name])
+    dst.train(dst.training)  # drops weights cached from the old values
+
+
+def stored_numel(state: dict[str, Tensor]) -> int:
+    """Numbers the artifact stores: every element of every floating-point tensor it holds."""
+    return sum(t.numel() for t in state.values() if t.is_floating_point())
+
+
 def model_source_files(model: nn.Module, variant_file: Path | None) -> list[Path]:
     """The source that defines the model: the variant file and every module defining a class in the model."""
     files = {Path(variant_file).resolve()} if variant_file else set()

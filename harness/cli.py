@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run | data | results`.
+"""Command line: `python -m harness run | list | show | data | results`.
 
 Parsing turns words into a RunSpec; every user mistake becomes one line on stderr and exit code 2. Variant
 parameters are not declared here: they are derived from the variant's config dataclass, so a new field is a
@@ -79,6 +79,16 @@ def build_parser() -> Parser:
     run.add_argument("--max-steps", type=int, help="stop after this many steps even if the clock allows more")
     run.add_argument("--quiet", action="store_true", help="print only the final line")
 
+    sub.add_parser("list", help="every variant family with its parameters (defaults, help) and presets")
+
+    show = sub.add_parser("show", help="a variant's resolved config, stored parameters and estimated artifact bytes",
+                          description="Builds the model without training. Any other --name value pair sets a "
+                                      "parameter of the variant's config, as for run.")
+    show.add_argument("variant", help="family name, name:preset, or path to a plugin .py file")
+    show.add_argument("--preset", help="a named configuration of the variant")
+    show.add_argument("--budget", help="apply this budget's [model] sizes and artifact cap (default: none, cap 16MB)")
+    show.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
     data = sub.add_parser("data", help="fetch or build datasets")
     data.add_argument("dataset", choices=("fineweb", "builtin", "synthetic"))
     data.add_argument("--train-shards", type=int, default=80, help="FineWeb training shards to fetch (of 195)")
@@ -98,18 +108,25 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def resolve_variant(variant_arg: str, preset_arg: str | None, budget, extra: list[str]):
+    """(variant, preset, flags, config) from `--variant name[:preset]`, `--preset` and the remaining flags."""
+    from harness.registry import get_variant
+
+    variant, preset = get_variant(variant_arg)
+    if preset_arg and preset and preset_arg != preset:
+        raise UserError(f"two presets given: {variant_arg} and --preset {preset_arg}; keep one")
+    preset = preset_arg or preset
+    flags = parse_config_flags(variant.config_cls, extra)
+    config = variant.resolve(preset, budget.model if budget else None, flags, budget.name if budget else "budget")
+    return variant, preset, flags, config
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.budget import load_budget
-    from harness.registry import get_variant
     from harness.train import RunSpec, run
 
     budget = load_budget(args.budget)
-    variant, preset = get_variant(args.variant)
-    if args.preset and preset and args.preset != preset:
-        raise UserError(f"two presets given: {args.variant} and --preset {args.preset}; keep one")
-    preset = args.preset or preset
-    flags = parse_config_flags(variant.config_cls, extra)
-    config = variant.resolve(preset, budget.model, flags, budget.name)
+    variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra)
     if args.run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_id):
         raise UserError(f"--run-id {args.run_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
     if args.max_steps is not None and args.max_steps < 1:
@@ -122,6 +139,84 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     record = run(spec)
     return 0 if record["status"] in ("ok", "over_cap", "over_eval_limit") else 1
+
+
+def flag_line(f: dataclasses.Field, default) -> str:
+    meta = f.metadata
+    low, high = ("" if meta.get(k) is None else meta[k] for k in ("low", "high"))
+    bounds = (f" [{', '.join(map(str, meta['choices']))}]" if meta.get("choices") else
+              f" [{low}..{high}]" if (low, high) != ("", "") else "")
+    value = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    return f"    --{f.name.replace('_', '-'):<28} {str(value):<10} {meta.get('help', '')}{bounds}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from harness.model import GPTConfig
+    from harness.registry import get_variant, known_variant_names
+
+    common = {f.name for f in dataclasses.fields(GPTConfig)}
+    print("Common parameters (every variant takes these; a variant may change a default):")
+    for f in dataclasses.fields(GPTConfig):
+        print(flag_line(f, f.default))
+    for name in known_variant_names():
+        variant, _ = get_variant(name)
+        summary = variant.doc.strip().splitlines()[0] if variant.doc.strip() else ""
+        print(f"\n{summary or name}")
+        defaults = variant.config_cls()
+        own = [f for f in dataclasses.fields(variant.config_cls)
+               if f.name not in common or getattr(defaults, f.name) != f.default]
+        if own:
+            print("  parameters:")
+            for f in own:
+                print(flag_line(f, getattr(defaults, f.name)))
+        for preset, values in variant.presets.items():
+            text = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple | list) else v}"
+                            for k, v in values.items())
+            print(f"  preset {name}:{preset:<14} {text}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    import torch
+
+    from harness import artifact, hooks
+    from harness.budget import load_budget
+    from harness.config import as_dict
+
+    budget = load_budget(args.budget) if args.budget else None
+    variant, preset, flags, config = resolve_variant(args.variant, args.preset, budget, extra)
+    torch.manual_seed(0)
+    model = variant.build(config)
+    state = hooks.exported_state(model)
+    size = artifact.measure(artifact.compress(state), artifact.model_source_files(model, variant.source_file))
+    cap = budget.artifact_cap_bytes if budget else 16_000_000
+    preset_values = variant.presets.get(preset, {}) if preset else {}
+    sources = {k: ("flag" if k in flags else "preset" if k in preset_values else
+                   "budget" if budget and k in budget.model else "default") for k in as_dict(config)}
+    info = {"variant": variant.name, "preset": preset, "budget": budget.name if budget else None,
+            "config": as_dict(config), "sources": sources,
+            "param_count": sum(p.numel() for p in model.parameters()),
+            "stored_param_count": artifact.stored_numel(state),
+            "regenerated_numel": sum(b.numel() for n, b in model.named_buffers() if n not in model.state_dict()
+                                     and b.is_floating_point()),
+            "artifact_model_bytes_at_init": size.model_bytes, "artifact_code_bytes": size.code_bytes,
+            "artifact_total_bytes_at_init": size.total_bytes, "artifact_cap_bytes": cap}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{variant.name}{':' + preset if preset else ''}" + (f" under budget {budget.name}" if budget else ""))
+    for k, v in info["config"].items():
+        print(f"  {k:<30} {','.join(map(str, v)) if isinstance(v, list) else v!s:<14} {sources[k]}")
+    print(f"trainable parameters  {info['param_count']:>13,}")
+    print(f"stored numbers        {info['stored_param_count']:>13,}   (floats in the artifact)")
+    if info["regenerated_numel"]:
+        print(f"regenerated numbers   {info['regenerated_numel']:>13,}   (rebuilt from the config or a stored seed)")
+    fits = "fits" if size.total_bytes <= cap else "OVER"
+    print(f"artifact at init      {size.total_bytes:>13,} bytes = model {size.model_bytes:,} + code "
+          f"{size.code_bytes:,}; cap {cap:,} ({fits}; trained weights usually compress less well)")
+    return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -164,9 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = build_parser().parse_known_args(argv)
         if args.command == "run":
             return cmd_run(args, extra)
+        if args.command == "show":
+            return cmd_show(args, extra)
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
-        return {"data": cmd_data, "results": cmd_results}[args.command](args)
+        return {"list": cmd_list, "data": cmd_data, "results": cmd_results}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ The model returns logits; the harness computes every loss and metric from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,26 @@ class GPTConfig:
                             f"change --model-dim or --num-heads")
 
 
+@dataclass(frozen=True)
+class RecurrentGPTConfig(GPTConfig):
+    """The baseline plus depth recurrence: chosen layers repeated in place, sharing their weights."""
+    repeat_layers: tuple[int, ...] = param((), "layer indices to repeat in place, e.g. 3,4 (empty: none)", low=0)
+    repeat_times: int = param(1, "how many times each repeated layer runs", low=1, high=16)
+
+    def layer_order(self) -> list[int]:
+        """[3,4]×2 on 9 layers → 0,1,2,3,3,4,4,5,6,7,8: the effective depth the U-Net skips are built on."""
+        return [i for i in range(self.num_layers) for _ in range(self.repeat_times if i in self.repeat_layers else 1)]
+
+    def check(self) -> None:
+        super().check()
+        bad = [i for i in self.repeat_layers if i >= self.num_layers]
+        if bad:
+            raise UserError(f"--repeat-layers {bad[0]} is not a layer of a {self.num_layers}-layer model "
+                            f"(indices 0..{self.num_layers - 1})")
+        if len(set(self.repeat_layers)) != len(self.repeat_layers):
+            raise UserError(f"--repeat-layers {','.join(map(str, self.repeat_layers))} names a layer twice")
+
+
 def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
@@ -73,6 +94,15 @@ class CastedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight.to(x.dtype))
+
+
+# How a block builds a linear map: (kind, in_features, out_features, zero_init) → module. Kinds are the six
+# block matrices q, k, v, o, fc, proj. Low-rank, shared-basis or generated weights swap this one function.
+LinearFactory = Callable[[str, int, int, bool], nn.Module]
+
+
+def casted_linear(kind: str, in_features: int, out_features: int, zero_init: bool) -> nn.Module:
+    return CastedLinear(in_features, out_features, zero_init=zero_init)
 
 
 class Rotary(nn.Module):
@@ -96,15 +126,15 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, c: GPTConfig):
+    def __init__(self, c: GPTConfig, linear: LinearFactory = casted_linear):
         super().__init__()
         self.num_heads, self.num_kv_heads = c.num_heads, c.num_kv_heads
         self.head_dim = c.model_dim // c.num_heads
         kv_dim = c.num_kv_heads * self.head_dim
-        self.c_q = CastedLinear(c.model_dim, c.model_dim)
-        self.c_k = CastedLinear(c.model_dim, kv_dim)
-        self.c_v = CastedLinear(c.model_dim, kv_dim)
-        self.proj = CastedLinear(c.model_dim, c.model_dim, zero_init=True)
+        self.c_q = linear("q", c.model_dim, c.model_dim, False)
+        self.c_k = linear("k", c.model_dim, kv_dim, False)
+        self.c_v = linear("v", c.model_dim, kv_dim, False)
+        self.proj = linear("o", c.model_dim, c.model_dim, True)
         self.q_gain = nn.Parameter(torch.full((c.num_heads,), c.qk_gain_init))
         self.rotary = Rotary(self.head_dim, c.rope_base)
 
@@ -130,20 +160,21 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """relu² MLP (from modded-nanogpt) with a zero-initialised output projection."""
 
-    def __init__(self, c: GPTConfig):
+    def __init__(self, c: GPTConfig, linear: LinearFactory = casted_linear):
         super().__init__()
-        self.fc = CastedLinear(c.model_dim, c.mlp_mult * c.model_dim)
-        self.proj = CastedLinear(c.mlp_mult * c.model_dim, c.model_dim, zero_init=True)
+        self.fc = linear("fc", c.model_dim, c.mlp_mult * c.model_dim, False)
+        self.proj = linear("proj", c.mlp_mult * c.model_dim, c.model_dim, True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(torch.relu(self.fc(x)).square())
 
 
 class Block(nn.Module):
-    def __init__(self, c: GPTConfig, attn: nn.Module | None = None, mlp: nn.Module | None = None):
+    def __init__(self, c: GPTConfig, attn: nn.Module | None = None, mlp: nn.Module | None = None,
+                 linear: LinearFactory = casted_linear):
         super().__init__()
-        self.attn = attn if attn is not None else CausalSelfAttention(c)
-        self.mlp = mlp if mlp is not None else MLP(c)
+        self.attn = attn if attn is not None else CausalSelfAttention(c, linear)
+        self.mlp = mlp if mlp is not None else MLP(c, linear)
         self.attn_scale = nn.Parameter(torch.ones(c.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(c.model_dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(c.model_dim), torch.zeros(c.model_dim))))
@@ -156,26 +187,30 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """The baseline: embed → U-Net of blocks (first half stores, second half adds back in reverse) → head."""
+    """The baseline: embed → U-Net of blocks (first half stores, second half adds back in reverse) → head.
 
-    def __init__(self, c: GPTConfig, blocks: list[nn.Module] | None = None):
+    `blocks` replaces the default blocks; `order` runs them by index (repeats allowed), and the U-Net skips are
+    built on that effective depth. A config with `layer_order()` (RecurrentGPTConfig) supplies the order.
+    """
+
+    def __init__(self, c: GPTConfig, blocks: list[nn.Module] | None = None, order: list[int] | None = None):
         super().__init__()
         self.config = c
         self.tok_emb = nn.Embedding(c.vocab_size, c.model_dim)
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=c.tied_embed_init_std)
         self.blocks = nn.ModuleList(blocks if blocks is not None else [Block(c) for _ in range(c.num_layers)])
-        self.num_encoder_layers = len(self.blocks) // 2
-        num_skips = min(self.num_encoder_layers, len(self.blocks) - self.num_encoder_layers)
-        self.skip_weights = nn.Parameter(torch.ones(num_skips, c.model_dim))
+        if order is None:
+            order = c.layer_order() if hasattr(c, "layer_order") else list(range(len(self.blocks)))
+        self.order = list(order)
+        self.skip_weights = nn.Parameter(torch.ones(len(self.order) // 2, c.model_dim))
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return rms_norm(self.tok_emb(input_ids))
 
-    def run_blocks(self, x: Tensor, order: list[int] | None = None) -> Tensor:
-        """Apply blocks (by index, default all in order) with the U-Net skips built on that effective depth."""
-        order = list(range(len(self.blocks))) if order is None else order
-        x0, skips, n_enc = x, [], len(order) // 2
-        for depth, i in enumerate(order):
+    def run_blocks(self, x: Tensor) -> Tensor:
+        """Apply the blocks in `self.order` with U-Net skips: the first half stores, the second adds back."""
+        x0, skips, n_enc = x, [], len(self.order) // 2
+        for depth, i in enumerate(self.order):
             if depth >= n_enc and skips:
                 x = x + self.skip_weights[depth - n_enc].to(x.dtype) * skips.pop()
             x = self.blocks[i](x, x0)

@@ -7,6 +7,8 @@ are summed across ranks, so the work is split rather than repeated.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -64,32 +66,62 @@ class Muon(torch.optim.Optimizer):
                 offset += p.numel()
 
 
-def default_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Embedding → "embed"; 2-D non-control matrices → "matrix" (Muon); everything else → "scalar" (Adam)."""
-    groups: dict[str, list[nn.Parameter]] = {"embed": [], "matrix": [], "scalar": []}
+@dataclass
+class ParamGroup:
+    """Parameters that share an optimizer ("muon" for 2-D matrices, "adam" for anything) and a learning rate."""
+    name: str
+    params: list[nn.Parameter]
+    optimizer: str
+    lr: float
+
+
+def default_param_groups(model: nn.Module, c) -> list[ParamGroup]:
+    """The challenge's split: the embedding and vectors/scalars on Adam, 2-D non-control matrices on Muon."""
+    embed, matrix, scalar = [], [], []
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if id(p) in embeddings:
-            groups["embed"].append(p)
+            embed.append(p)
         elif p.ndim == 2 and not any(pat in name for pat in CONTROL_TENSOR_PATTERNS):
-            groups["matrix"].append(p)
+            matrix.append(p)
         else:
-            groups["scalar"].append(p)
-    return groups
+            scalar.append(p)
+    return [ParamGroup("embed", embed, "adam", c.tied_embed_lr), ParamGroup("matrix", matrix, "muon", c.matrix_lr),
+            ParamGroup("scalar", scalar, "adam", c.scalar_lr)]
+
+
+def check_groups(model: nn.Module, groups: list[ParamGroup]) -> None:
+    """Every trainable parameter in exactly one group, Muon only on matrices: a variant's hook cannot drop one."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: dict[int, str] = {}
+    for group in groups:
+        if group.optimizer not in ("muon", "adam"):
+            raise ValueError(f"param group {group.name!r}: optimizer must be 'muon' or 'adam', not {group.optimizer!r}")
+        for p in group.params:
+            if id(p) in seen:
+                raise ValueError(f"parameter {names.get(id(p))} is in param groups {seen[id(p)]!r} and {group.name!r}")
+            if group.optimizer == "muon" and p.ndim != 2:
+                raise ValueError(f"param group {group.name!r}: Muon needs 2-D matrices, {names.get(id(p))} is "
+                                 f"{p.ndim}-D")
+            seen[id(p)] = group.name
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ValueError(f"parameters in no param group (they would never train): {', '.join(missing[:5])}")
 
 
 def build_optimizers(model: nn.Module, c, fused: bool) -> tuple[list[torch.optim.Optimizer], Muon]:
-    """Muon for matrices, Adam for the embedding and for scalars, with the config's learning rates."""
-    groups = default_param_groups(model)
-    adam = dict(betas=(c.beta1, c.beta2), eps=c.adam_eps, fused=fused)
-    muon = Muon(groups["matrix"], lr=c.matrix_lr, momentum=c.muon_momentum, backend_steps=c.muon_backend_steps)
+    """One Muon and one Adam over the model's param groups (its `param_groups(c)` hook, or the default split)."""
+    groups = model.param_groups(c) if hasattr(model, "param_groups") else default_param_groups(model, c)
+    check_groups(model, groups)
+    muon_groups = [{"params": g.params, "lr": g.lr} for g in groups if g.optimizer == "muon" and g.params]
+    adam_groups = [{"params": g.params, "lr": g.lr} for g in groups if g.optimizer == "adam" and g.params]
+    muon = Muon(muon_groups or [{"params": [], "lr": 0.0}], lr=c.matrix_lr, momentum=c.muon_momentum,
+                backend_steps=c.muon_backend_steps)
     optimizers: list[torch.optim.Optimizer] = [muon]
-    if groups["embed"]:
-        optimizers.append(torch.optim.Adam([{"params": groups["embed"], "lr": c.tied_embed_lr}], **adam))
-    if groups["scalar"]:
-        optimizers.append(torch.optim.Adam([{"params": groups["scalar"], "lr": c.scalar_lr}], **adam))
+    if adam_groups:
+        optimizers.append(torch.optim.Adam(adam_groups, betas=(c.beta1, c.beta2), eps=c.adam_eps, fused=fused))
     for opt in optimizers:
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]

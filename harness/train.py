@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import harness
-from harness import artifact, hardware
+from harness import artifact, hardware, hooks
 from harness.budget import Budget
 from harness.config import as_dict, stable_hash
 from harness.data.datasets import default_data_root, resolve_dataset
@@ -105,6 +105,36 @@ def pick_device(spec: RunSpec, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
 
 
+def accumulate(trainer, model, batches, accumulation: int, world_size: int, device: torch.device,
+               autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Forward and backward over one optimizer step's micro-batches, inside the model's step hooks.
+
+    Gradients are averaged over micro-batches (and, by DDP, over ranks); returns the mean training loss.
+    """
+    hooks.begin_step(model)
+    train_loss = torch.zeros((), device=device)
+    for micro, (x, y) in enumerate(batches):
+        if world_size > 1:
+            trainer.require_backward_grad_sync = micro == accumulation - 1
+        with autocast(device, autocast_dtype):
+            loss, aux = trainer(x, y)
+        train_loss += loss.detach()
+        ((loss + aux) / accumulation).backward()
+    hooks.end_accumulation(model, world_size)
+    return train_loss / accumulation
+
+
+def wrap_for_training(scored, model, use_compile: bool, world_size: int, device: torch.device, local_rank: int):
+    """(compiled, trainer): torch.compile if asked, then DDP across ranks. Parameters of generated weights are
+    left out of DDP: their gradients arrive once per step through end_accumulation, which averages them."""
+    compiled = torch.compile(scored, dynamic=False) if use_compile else scored
+    if world_size == 1:
+        return compiled, compiled
+    DDP._set_params_and_buffers_to_ignore_for_model(compiled, hooks.generator_parameter_names(compiled))
+    return compiled, DDP(compiled, device_ids=[local_rank] if device.type == "cuda" else None,
+                         forward_sync_buffers=False)
+
+
 def run(spec: RunSpec) -> dict:
     # ------------------------------------------------------------------ SETUP
     t_start = harness.PROCESS_START
@@ -145,6 +175,7 @@ def run(spec: RunSpec) -> dict:
     model.to(device)
     scored = ScoredModel(model).to(device)
     param_count = sum(p.numel() for p in model.parameters())
+    stored_param_count = artifact.stored_numel(hooks.exported_state(model))
     code_files = artifact.model_source_files(model, spec.variant.source_file)
     flops_key = stable_hash({"code": [p.read_text() for p in code_files], "config": as_dict(c), "seq_len": b.seq_len,
                              "torch": torch.__version__, "device": device.type})
@@ -152,9 +183,7 @@ def run(spec: RunSpec) -> dict:
     flops_per_token = hardware.count_train_flops_per_token(scored, c.vocab_size, b.seq_len, device,
                                                            flops_cache, flops_key)
     optimizers, muon = build_optimizers(model, c, fused=device.type == "cuda")
-    compiled = torch.compile(scored, dynamic=False) if use_compile else scored
-    trainer = DDP(compiled, device_ids=[local_rank] if device.type == "cuda" else None,
-                  broadcast_buffers=False) if distributed else compiled
+    compiled, trainer = wrap_for_training(scored, model, use_compile, world_size, device, local_rank)
 
     config_hash = spec.config_hash()
     run_id = spec.run_id or new_run_id(spec.variant.name, b.name, spec.seed, config_hash)
@@ -174,7 +203,8 @@ def run(spec: RunSpec) -> dict:
         "tokenizer_hash": dataset.tokenizer.content_hash, "val_tokens": val.target_tokens,
         "val_bytes": val.target_bytes, "tokens_per_byte": val.target_tokens / val.target_bytes,
         "world_size": world_size, "grad_accumulation": accumulation, "compiled": use_compile,
-        "param_count": param_count, "model_flops_per_token": flops_per_token,
+        "param_count": param_count, "stored_param_count": stored_param_count,
+        "model_flops_per_token": flops_per_token,
     }
     if "entropy_bits_per_byte" in dataset.meta:
         record["dataset_entropy_bits_per_byte"] = dataset.meta["entropy_bits_per_byte"]
@@ -210,15 +240,8 @@ def run(spec: RunSpec) -> dict:
     def train_step(step: int, elapsed_ms: float) -> torch.Tensor:
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        train_loss = torch.zeros((), device=device)
-        for micro in range(accumulation):
-            if distributed:
-                trainer.require_backward_grad_sync = micro == accumulation - 1
-            x, y = loader.next_batch(b.tokens_per_step, b.seq_len, accumulation)
-            with autocast(device, autocast_dtype):
-                loss, aux = trainer(x, y)
-            train_loss += loss.detach()
-            ((loss + aux) / accumulation).backward()
+        batches = (loader.next_batch(b.tokens_per_step, b.seq_len, accumulation) for _ in range(accumulation))
+        train_loss = accumulate(trainer, model, batches, accumulation, world_size, device, autocast_dtype)
         frac = min(step / c.muon_momentum_warmup_steps, 1.0) if c.muon_momentum_warmup_steps > 0 else 1.0
         for group in muon.param_groups:
             group["momentum"] = (1 - frac) * c.muon_momentum_warmup_start + frac * c.muon_momentum
@@ -230,7 +253,7 @@ def run(spec: RunSpec) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip_norm)
         for opt in optimizers:
             opt.step()
-        return train_loss / accumulation
+        return train_loss
 
     def validate() -> tuple[float, float]:
         return evaluate(compiled, val, val_batch_tokens, rank, world_size, device, autocast_dtype)
@@ -336,11 +359,12 @@ def run(spec: RunSpec) -> dict:
             record["val_loss"], record["val_bpb"] = validate()
             sync()
             record["eval_seconds"] = time.perf_counter() - t_eval
+            record["variant_metrics"] = hooks.metrics(model)
             log(f"final: val_loss {record['val_loss']:.4f} | val_bpb {record['val_bpb']:.4f} | "
                 f"{record['eval_seconds']:.1f}s")
 
         # ------------------------------------------------------------------ EXPORT + ROUND TRIP
-        blob = artifact.compress(model.state_dict())
+        blob = artifact.compress(hooks.exported_state(model))
         size = artifact.measure(blob, code_files)
         if master:
             (run_dir / "model.int8.ptz").write_bytes(blob)
@@ -348,7 +372,8 @@ def run(spec: RunSpec) -> dict:
                       artifact_total_bytes=size.total_bytes, artifact_cap_bytes=b.artifact_cap_bytes,
                       artifact_code_files=[os.path.relpath(p, harness.REPO_ROOT) for p in size.code_files])
         if status == "running":
-            model.load_state_dict(artifact.decompress(blob), strict=True)
+            # The round trip scores a model rebuilt from the artifact alone, copied into the compiled one.
+            artifact.copy_tensors(model, artifact.restore(spec.variant.build, c, blob))
             t_eval = time.perf_counter()
             record["val_loss_post_quant"], record["val_bpb_post_quant"] = validate()
             sync()

@@ -1,0 +1,158 @@
+"""The conformance checks every variant must pass, at tiny sizes on the CPU; used by test_conformance.py and by
+the two-process DDP script. Each check returns a list of problems (empty = conforms), so the suite can also
+prove that it rejects deliberately broken plugins."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from harness import artifact, hooks
+from harness.metric import ScoredModel, split_output
+from harness.optim import build_optimizers
+from harness.registry import get_variant, known_variant_names
+from harness.train import accumulate
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY = {"vocab_size": 64, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2}
+SEQ_LEN = 32
+
+
+def all_configs() -> list[tuple[str, str | None]]:
+    """Every family at its defaults and at each of its presets."""
+    configs = []
+    for name in known_variant_names():
+        variant, _ = get_variant(name)
+        configs += [(name, None)] + [(name, preset) for preset in variant.presets]
+    return configs
+
+
+def tiny(name: str, preset: str | None = None, **changes):
+    """(variant, config) at test size: the preset's own settings kept, except the width (and the depth, unless
+    the preset names layers)."""
+    variant, _ = get_variant(name)
+    flags = dict(TINY)
+    if "num_layers" not in (variant.presets.get(preset, {}) if preset else {}):
+        flags["num_layers"] = 2
+    return variant, variant.resolve(preset, None, {**flags, **changes})
+
+
+def build(variant, config, seed: int = 0):
+    torch.manual_seed(seed)
+    return variant.build(config)
+
+
+def logits_of(model, x) -> torch.Tensor:
+    with torch.no_grad():
+        return split_output(model(x))[0]
+
+
+def random_tokens(config, batch: int = 4, seq_len: int = SEQ_LEN, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+
+
+def train(model, config, batches) -> list[float]:
+    """One optimizer step per (x, y) batch, through the trainer's own accumulate(); the losses."""
+    scored = ScoredModel(model)
+    optimizers, _ = build_optimizers(model, config, fused=False)
+    losses = []
+    for x, y in batches:
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        losses.append(accumulate(scored, model, [(x, y)], 1, 1, torch.device("cpu"), None).item())
+        for opt in optimizers:
+            opt.step()
+    return losses
+
+
+def shape_problems(model, config) -> list[str]:
+    x = random_tokens(config)
+    model.eval()
+    logits = logits_of(model, x)
+    model.train()
+    out = model(x)
+    train_logits, extra = split_output(out)
+    problems = []
+    for mode, lg in (("eval", logits), ("train", train_logits)):
+        if tuple(lg.shape) != (*x.shape, config.vocab_size):
+            problems.append(f"{mode} logits have shape {tuple(lg.shape)}, expected {(*x.shape, config.vocab_size)}")
+        elif not torch.isfinite(lg).all():
+            problems.append(f"{mode} logits are not all finite")
+    for name, term in extra.items():
+        if term.ndim != 0 or not torch.isfinite(term):
+            problems.append(f"training-only loss {name!r} is not a finite scalar")
+    return problems
+
+
+def causality_problems(model, config, positions=(0, 7, SEQ_LEN // 2, SEQ_LEN - 2)) -> list[str]:
+    """Changing the tokens after t must leave the logits at 0..t unchanged."""
+    model.eval()
+    x = random_tokens(config, seed=1)
+    base = logits_of(model, x)
+    problems = []
+    for t in positions:
+        y = x.clone()
+        y[:, t + 1:] = (y[:, t + 1:] + 1 + random_tokens(config, seed=2 + t)[:, t + 1:] % (config.vocab_size - 1)) \
+            % config.vocab_size
+        changed = logits_of(model, y)
+        diff = (changed[:, :t + 1] - base[:, :t + 1]).abs().max().item()
+        if diff > 1e-5:
+            problems.append(f"logits at positions <= {t} change by {diff:.2e} when later tokens change")
+    model.train()
+    return problems
+
+
+def copy_pairs(config, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random tokens, each even position's token repeated at the next position: from position 2k the next
+    token is certain (a copy), from odd positions it is uniformly random."""
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(0, config.vocab_size, (batch, SEQ_LEN // 2 + 1), generator=g).repeat_interleave(2, dim=1)
+    return seq[:, :SEQ_LEN], seq[:, 1:SEQ_LEN + 1]
+
+
+def alignment_loss(model, config, steps: int = 60) -> float:
+    """Mean loss (nats) on the predictable positions after training on copy pairs: near 0 if logits at t
+    predict token t+1, about ln(vocab) if they are shifted by one position."""
+    train(model, config, (copy_pairs(config, 16, seed) for seed in range(steps)))
+    model.eval()
+    x, y = copy_pairs(config, 32, seed=10_000)
+    logits = logits_of(model, x)
+    model.train()
+    return F.cross_entropy(logits[:, 0::2].reshape(-1, config.vocab_size).float(), y[:, 0::2].reshape(-1)).item()
+
+
+def round_trip_problems(model, variant, config) -> list[str]:
+    """The artifact alone rebuilds the model: its logits equal those of the model with dequantized weights."""
+    problems = []
+    state = hooks.exported_state(model)
+    blob = artifact.compress(state)
+    restored = artifact.restore(variant.build, config, blob)
+    dequantized = copy.deepcopy(model)
+    dequantized.load_state_dict(artifact.decompress(blob), strict=False)
+    x = random_tokens(config, seed=3)
+    for m in (model, restored, dequantized):
+        m.eval()
+    a, b, full = logits_of(dequantized, x), logits_of(restored, x), logits_of(model, x)
+    if (a - b).abs().max().item() > 1e-4:
+        problems.append(f"rebuilt-from-artifact logits differ from dequantized ones by {(a - b).abs().max():.2e}: "
+                        f"something the model needs is neither stored nor rebuilt from its seed")
+    scale = full.abs().max().item() + 1e-6
+    if (b - full).abs().max().item() > 0.1 * scale:
+        problems.append(f"int8 round trip moves logits by {(b - full).abs().max():.3f} (max |logit| {scale:.3f})")
+    stored = artifact.stored_numel(artifact.decompress(blob))
+    if stored != artifact.stored_numel(state):
+        problems.append(f"artifact holds {stored} numbers, the exported state {artifact.stored_numel(state)}")
+    drop = tuple(getattr(model, "training_only", ()))
+    unstored = [n for n, _ in model.named_parameters() if n not in state and not (drop and n.startswith(drop))]
+    if unstored:
+        problems.append(f"parameters missing from the artifact: {unstored[:3]}")
+    model.train()
+    return problems
+
+
+def finite(values) -> bool:
+    return all(math.isfinite(v) for v in values)
