@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
-from harness import REPO_ROOT
+from harness import REPO_ROOT, hooks
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; MFU is reported only for these devices.
 PEAK_BF16_FLOPS = {
@@ -41,8 +41,12 @@ def _cpu_flash_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, o
 
 
 def count_train_flops_per_token(scored: nn.Module, vocab_size: int, seq_len: int, device: torch.device,
-                                cache_file: Path | None = None, cache_key: str | None = None) -> int:
+                                cache_file: Path | None = None, cache_key: str | None = None,
+                                tokens_per_step: int | None = None) -> int:
     """FLOPs of one forward + backward on one sequence, per token, counted by torch's FlopCounterMode.
+
+    Weights generated once per optimizer step (harness.hooks) are counted once, inside the step hooks, and
+    their forward + backward shared out over the step's tokens.
 
     Attention is counted over the full T×T score matrix (torch's convention on CUDA, mirrored here on CPU),
     so MFU is comparable with the usual 6N + 12·L·T·d accounting. The count depends only on the model's
@@ -56,11 +60,16 @@ def count_train_flops_per_token(scored: nn.Module, vocab_size: int, seq_len: int
                aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_bwd}
     # Its own generator: whether the count is cached must not change the global RNG stream of the run.
     x = torch.randint(0, vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as per_step:
+        hooks.begin_step(scored)
     with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         loss, aux = scored(x, x)
         (loss + aux).backward()
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as per_step_backward:
+        hooks.end_accumulation(scored, 1)
     scored.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops() // seq_len
+    generation = per_step.get_total_flops() + per_step_backward.get_total_flops()
+    flops = counter.get_total_flops() // seq_len + generation // (tokens_per_step or seq_len)
     if cache_file and cache_key:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f".{cache_file.name}.tmp{os.getpid()}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -98,6 +99,17 @@ class GeneratedWeights(nn.Module):
     def train(self, mode: bool = True):
         self._forget()
         return super().train(mode)
+
+
+class GeneratedLinear(nn.Module):
+    """A block linear whose weight is layer `layer` of a generator's stacked `kind` matrices (weights()[kind])."""
+
+    def __init__(self, weights, kind: str, layer: int):
+        super().__init__()
+        self.weights, self.kind, self.layer = weights, kind, layer  # a bound method: the generator is not a child
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weights()[self.kind][self.layer].to(x.dtype))
 
 
 def generator_parameter_names(module: nn.Module) -> list[str]:

@@ -79,6 +79,12 @@ class RecurrentGPTConfig(GPTConfig):
             raise UserError(f"--repeat-layers {','.join(map(str, self.repeat_layers))} names a layer twice")
 
 
+def block_matrix_shapes(c: GPTConfig) -> dict[str, tuple[int, int]]:
+    """(out, in) of each kind of block matrix, as Block builds them."""
+    d, kv, hidden = c.model_dim, c.num_kv_heads * (c.model_dim // c.num_heads), c.mlp_mult * c.model_dim
+    return {"q": (d, d), "k": (kv, d), "v": (kv, d), "o": (d, d), "fc": (hidden, d), "proj": (d, hidden)}
+
+
 def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
@@ -213,10 +219,14 @@ class GPT(nn.Module):
         for depth, i in enumerate(self.order):
             if depth >= n_enc and skips:
                 x = x + self.skip_weights[depth - n_enc].to(x.dtype) * skips.pop()
-            x = self.blocks[i](x, x0)
+            x = self.apply_block(depth, i, x, x0)
             if depth < n_enc:
                 skips.append(x)
         return x
+
+    def apply_block(self, depth: int, index: int, x: Tensor, x0: Tensor) -> Tensor:
+        """Block `index` at effective depth `depth`; a variant overrides this to treat repeated passes apart."""
+        return self.blocks[index](x, x0)
 
     def logits(self, x: Tensor) -> Tensor:
         """Final RMSNorm, tied head, tanh soft cap."""

@@ -75,12 +75,14 @@ class ParamGroup:
     lr: float
 
 
-def default_param_groups(model: nn.Module, c) -> list[ParamGroup]:
-    """The challenge's split: the embedding and vectors/scalars on Adam, 2-D non-control matrices on Muon."""
+def default_param_groups(model: nn.Module, c, *special: ParamGroup) -> list[ParamGroup]:
+    """The challenge's split: the embedding and vectors/scalars on Adam, 2-D non-control matrices on Muon;
+    parameters in a `special` group are taken out of that split and trained as their group says."""
     embed, matrix, scalar = [], [], []
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    taken = {id(p) for group in special for p in group.params}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in taken:
             continue
         if id(p) in embeddings:
             embed.append(p)
@@ -89,7 +91,7 @@ def default_param_groups(model: nn.Module, c) -> list[ParamGroup]:
         else:
             scalar.append(p)
     return [ParamGroup("embed", embed, "adam", c.tied_embed_lr), ParamGroup("matrix", matrix, "muon", c.matrix_lr),
-            ParamGroup("scalar", scalar, "adam", c.scalar_lr)]
+            ParamGroup("scalar", scalar, "adam", c.scalar_lr), *special]
 
 
 def check_groups(model: nn.Module, groups: list[ParamGroup]) -> None:

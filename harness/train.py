@@ -178,10 +178,11 @@ def run(spec: RunSpec) -> dict:
     stored_param_count = artifact.stored_numel(hooks.exported_state(model))
     code_files = artifact.model_source_files(model, spec.variant.source_file)
     flops_key = stable_hash({"code": [p.read_text() for p in code_files], "config": as_dict(c), "seq_len": b.seq_len,
+                             "tokens_per_step": b.tokens_per_step,
                              "torch": torch.__version__, "device": device.type})
     flops_cache = (spec.data_root or default_data_root()) / "cache" / "flops.json"
     flops_per_token = hardware.count_train_flops_per_token(scored, c.vocab_size, b.seq_len, device,
-                                                           flops_cache, flops_key)
+                                                           flops_cache, flops_key, b.tokens_per_step)
     optimizers, muon = build_optimizers(model, c, fused=device.type == "cuda")
     compiled, trainer = wrap_for_training(scored, model, use_compile, world_size, device, local_rank)
 

@@ -22,13 +22,28 @@ TINY = {"vocab_size": 64, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "m
 SEQ_LEN = 32
 
 
-def all_configs() -> list[tuple[str, str | None]]:
-    """Every family at its defaults and at each of its presets."""
+# Options no preset switches on, checked too: (family, preset, changes).
+OPTIONS = [
+    ("depth_recurrence", "r34x2", {"per_pass": "scale"}),
+    ("depth_recurrence", "r34x2", {"per_pass": "embed"}),
+    ("mla", "latent64", {"latent_norm": True, "rope_dim": 8}),
+    ("pause_tokens", "p4i64", {"pause_interval": 5}),  # test sequences are short: make the pauses occur
+    ("pause_tokens", "p8i32", {"pause_interval": 12, "delay_readout": True}),
+    ("basis_sharing", "r64", {"group_size": 1}),
+]
+
+
+def all_configs() -> list[tuple[str, str | None, dict]]:
+    """Every family at its defaults and at each of its presets, and the options above."""
     configs = []
     for name in known_variant_names():
         variant, _ = get_variant(name)
-        configs += [(name, None)] + [(name, preset) for preset in variant.presets]
-    return configs
+        configs += [(name, None, {})] + [(name, preset, {}) for preset in variant.presets]
+    return configs + [option for option in OPTIONS if option[0] in known_variant_names()]
+
+
+def config_id(name: str, preset: str | None, changes: dict) -> str:
+    return (f"{name}:{preset}" if preset else name) + "".join(f",{k}={v}" for k, v in changes.items())
 
 
 def tiny(name: str, preset: str | None = None, **changes):

@@ -5,10 +5,10 @@ micro-batches. Writes {config id: [problems]} to the JSON file named on the comm
 import json
 import sys
 
+import conformance as cf
 import torch
 import torch.distributed as dist
 
-import conformance as cf
 from harness.metric import ScoredModel
 from harness.optim import build_optimizers
 from harness.train import accumulate, wrap_for_training
@@ -28,9 +28,9 @@ def main(out_path: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     problems = {}
-    for name, preset in cf.all_configs():
-        key = f"{name}:{preset}" if preset else name
-        variant, config = cf.tiny(name, preset)
+    for name, preset, changes in cf.all_configs():
+        key = cf.config_id(name, preset, changes)
+        variant, config = cf.tiny(name, preset, **changes)
         halves = [cf.copy_pairs(config, 4, seed=100 + r) for r in range(world)]
         found = []
         try:

@@ -47,6 +47,17 @@ CASES = {
     "run id that is a path": (["run", "--variant", "baseline", "--budget", "smoke", "--run-id", "../x"],
                               ["--run-id '../x' must be"]),
     "unknown status filter": (["results", "--status", "okk"], ["--status 'okk' is not a run status", "over_cap"]),
+    "variant flag of another family": (["run", "--variant", "baseline", "--budget", "smoke", "--rank", "8"],
+                                        ["unknown parameter --rank for GPTConfig"]),
+    "ill-typed variant flag": (["run", "--variant", "eigenweight", "--budget", "smoke", "--rank", "big"],
+                               ["--rank expects an integer", "'big'"]),
+    "out-of-range variant flag": (["show", "eigenweight", "--rank", "0"], ["--rank=0 is below its minimum"]),
+    "bad choice of a variant flag": (["show", "depth_recurrence", "--per-pass", "twice"],
+                                     ["--per-pass=twice is not allowed", "scale"]),
+    "layer index beyond the model": (["show", "depth_recurrence", "--repeat-layers", "3,12"],
+                                     ["--repeat-layers 12 is not a layer of a 9-layer model"]),
+    "show unknown preset": (["show", "eigenweight:r5"], ["no preset 'r5'", "r128"]),
+    "two different presets": (["show", "eigenweight:r64", "--preset", "r128"], ["two presets given"]),
     "fineweb offline": (["data", "fineweb", "--train-shards", "1"], ["cannot reach", "huggingface.co"]),
 }
 

@@ -6,21 +6,21 @@ import os
 import subprocess
 import sys
 
+import conformance as cf
 import pytest
 import torch
 
-import conformance as cf
 from conftest import REPO
 from harness.registry import get_variant
 
 CONFIGS = cf.all_configs()
-IDS = [f"{name}:{preset}" if preset else name for name, preset in CONFIGS]
+IDS = [cf.config_id(*config) for config in CONFIGS]
 
 
 @pytest.fixture(params=CONFIGS, ids=IDS)
 def tiny_model(request):
-    name, preset = request.param
-    variant, config = cf.tiny(name, preset)
+    name, preset, changes = request.param
+    variant, config = cf.tiny(name, preset, **changes)
     return variant, config, cf.build(variant, config)
 
 
@@ -92,7 +92,7 @@ def test_seeded_cpu_training_is_reproducible(tiny_model):
     assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
 
 
-@pytest.mark.parametrize("name", sorted({n for n, _ in CONFIGS}))
+@pytest.mark.parametrize("name", sorted({config[0] for config in CONFIGS}))
 def test_show_reports_measured_sizes(name):
     from harness import artifact, hooks
 
@@ -123,8 +123,24 @@ def test_every_family_is_listed_with_its_presets():
 
     result = harness_cli("list")
     assert result.returncode == 0, result.stderr
-    for name, preset in CONFIGS:
+    for name, preset, _ in CONFIGS:
         variant, _ = get_variant(name)
         assert variant.doc.strip().splitlines()[0] in result.stdout
         if preset:
             assert f"preset {name}:{preset}" in result.stdout
+
+
+def test_show_counts_what_eigenweight_stores_at_full_size():
+    """r·(m + n + 1) numbers per block matrix, plus the embedding and the small tensors: nothing else."""
+    from conftest import harness_cli
+
+    result = harness_cli("show", "eigenweight:r64", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    dim, kv, hidden, r, layers = 512, 256, 1024, 64, 9
+    matrices = [(dim, dim), (kv, dim), (kv, dim), (dim, dim), (hidden, dim), (dim, hidden)]
+    per_layer = sum(r * (m + n + 1) for m, n in matrices) + 2 * dim + 2 * dim + 8  # scales, resid mix, q gain
+    expected = layers * per_layer + 1024 * dim + (layers // 2) * dim  # tied embedding, U-Net skip weights
+    assert info["stored_param_count"] == info["param_count"] == expected
+    assert info["sources"]["rank"] == "preset" and info["sources"]["model_dim"] == "default"
+    assert 0 < info["artifact_model_bytes_at_init"] < 16_000_000

@@ -1,0 +1,80 @@
+"""Benchmark: every variant family beside the baseline — sizes at default (full) size, and a smoke run each.
+
+    python bench/variants.py                      # every family at its defaults, one smoke run each
+    python bench/variants.py --configs mla:latent64 eigenweight:r128 --seeds 2
+
+For each configuration: `show --json` gives the stored parameter count and the int8+zlib artifact bytes of
+the default-size model at initialisation (no budget); then `run --budget smoke` trains it for the smoke
+budget's minute on this machine and the record gives val_bpb (after the int8 round trip) and tokens/s.
+Prints a Markdown table (medians over seeds). Run it alone: other load on the machine changes tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def harness(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def median(records: list[dict], key: str):
+    values = [r[key] for r in records if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def main() -> None:
+    from harness.registry import known_variant_names
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", nargs="*", help="name or name:preset (default: every family's defaults)")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--budget", default="smoke")
+    args = parser.parse_args()
+    configs = args.configs or ["baseline"] + [n for n in known_variant_names() if n != "baseline"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for config in configs:
+            shown = harness("show", config, "--json")
+            if shown.returncode:
+                rows.append((config, None, None, None, None, None, shown.stderr.strip()))
+                continue
+            info = json.loads(shown.stdout)
+            records = []
+            for seed in range(args.seeds):
+                out = Path(tmp) / f"{config.replace(':', '_')}-{seed}"
+                done = harness("run", "--variant", config, "--budget", args.budget, "--seed", str(seed), "--quiet",
+                               env={"HARNESS_RESULTS_DIR": str(out)})
+                found = list(out.glob("*/run.json"))
+                if found:
+                    records.append(json.loads(found[0].read_text()))
+                elif done.returncode:
+                    print(f"{config}: {done.stderr.strip()[-300:]}", file=sys.stderr)
+
+            status = ",".join(sorted({r["status"] for r in records})) or "no record"
+            rows.append((config, info["stored_param_count"], info["artifact_total_bytes_at_init"],
+                         median(records, "val_bpb_post_quant"), median(records, "tokens_per_second"),
+                         median(records, "steps"), status))
+            print(f"done {config}: {rows[-1]}", file=sys.stderr, flush=True)
+    print(f"| configuration | stored numbers (default size) | artifact bytes at init | {args.budget} val_bpb "
+          f"| {args.budget} tokens/s | steps | status |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for config, stored, size, bpb, tps, steps, status in rows:
+        cells = [f"{stored:,}" if stored else "–", f"{size:,}" if size else "–",
+                 f"{bpb:.4f}" if bpb else "–", f"{tps:,.0f}" if tps else "–", f"{steps:.0f}" if steps else "–"]
+        print(f"| `{config}` | {' | '.join(cells)} | {status} |")
+
+
+if __name__ == "__main__":
+    main()

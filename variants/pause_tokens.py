@@ -1,0 +1,82 @@
+"""pause_tokens — learned pause vectors inserted after every few real tokens give the model extra computation slots.
+
+After every `pause_interval` real tokens the model inserts `num_pauses` learned vectors (Goyal et al. 2023,
+"Think before you speak: training language models with pause tokens"). They are inserted after the embedding,
+so the vocabulary is unchanged, and they take real positions: RoPE and attention see the extended sequence.
+The GPT runs on the extended sequence and returns logits only at the real positions, so pauses are never
+scored and val_bpb counts the same tokens and bytes as the baseline. With `delay_readout`, a real token
+followed by a pause group is predicted from the group's last pause instead of from itself. Stored: the
+baseline's weights plus num_pauses × model_dim pause vectors; the gather indices are rebuilt from the
+sequence length. Costs num_pauses / pause_interval more positions (p4i64: +6%, p8i32: +25%); expected
+effect: a small gain per token, to be weighed against the extra compute under a wallclock budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from harness.config import param
+from harness.model import GPT, GPTConfig, rms_norm
+from harness.optim import ParamGroup, default_param_groups
+from harness.registry import register
+
+
+@dataclass(frozen=True)
+class PauseConfig(GPTConfig):
+    num_pauses: int = param(4, "learned pause vectors inserted per group", low=1, high=256)
+    pause_interval: int = param(64, "a pause group follows every this many real tokens", low=1, high=65536)
+    delay_readout: bool = param(False, "predict the token after a pause group from the group's last pause")
+
+
+def pause_layout(seq_len: int, num_pauses: int, interval: int, delay_readout: bool) -> tuple[Tensor, Tensor]:
+    """(source, readout) for seq_len real tokens. source[p] says what sits at extended position p: real token
+    t as t, pause j as seq_len + j; readout[t] is the extended position whose state predicts token t + 1."""
+    t = torch.arange(seq_len)
+    real_pos = t + num_pauses * (t // interval)
+    # Without delayed readout, a group after the last real token would never be read, so it is left out.
+    groups = (seq_len if delay_readout else seq_len - 1) // interval
+    source = torch.empty(seq_len + groups * num_pauses, dtype=torch.long)
+    source[real_pos] = t
+    g, j = torch.arange(groups), torch.arange(num_pauses)
+    pause_pos = ((g + 1) * interval + g * num_pauses)[:, None] + j  # group g follows real token (g+1)·interval − 1
+    source[pause_pos.reshape(-1)] = (seq_len + j).repeat(groups)
+    readout = real_pos
+    if delay_readout:
+        readout = torch.where((t + 1) % interval == 0, real_pos + num_pauses, real_pos)
+    return source, readout
+
+
+class PauseGPT(GPT):
+    def __init__(self, c: PauseConfig):
+        super().__init__(c)
+        self.pause = nn.Parameter(torch.randn(c.num_pauses, c.model_dim) * c.tied_embed_init_std)
+        self._layout: tuple[int, torch.device, Tensor, Tensor] | None = None
+
+    def layout(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Gather indices for this sequence length, built once and cached (as Rotary caches its tables)."""
+        if self._layout is None or self._layout[0] != seq_len or self._layout[1] != device:
+            c = self.config
+            source, readout = pause_layout(seq_len, c.num_pauses, c.pause_interval, c.delay_readout)
+            self._layout = (seq_len, device, source.to(device), readout.to(device))
+        return self._layout[2], self._layout[3]
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        bsz, seq_len = input_ids.shape
+        source, readout = self.layout(seq_len, input_ids.device)
+        tokens = self.tok_emb(input_ids)
+        pauses = self.pause.to(tokens.dtype).expand(bsz, -1, -1)
+        x = rms_norm(torch.cat((tokens, pauses), dim=1).index_select(1, source))
+        return self.logits(self.run_blocks(x).index_select(1, readout))
+
+    def param_groups(self, c: PauseConfig) -> list[ParamGroup]:
+        """The baseline's split, except that the pause vectors (embedding-like rows) train with the embedding's
+        Adam rather than Muon."""
+        return default_param_groups(self, c, ParamGroup("pause", [self.pause], "adam", c.tied_embed_lr))
+
+
+register("pause_tokens", config=PauseConfig, build=PauseGPT, doc=__doc__,
+         presets={"p4i64": {"num_pauses": 4, "pause_interval": 64},
+                  "p8i32": {"num_pauses": 8, "pause_interval": 32}})
