@@ -9,6 +9,7 @@ runs of g consecutive layers (0: one basis per type for the whole depth). A rank
 matrix is clamped to it (the product cannot have a higher rank), so r128 runs at width 128 with k/v at 64.
 Stored: the bases and coefficients — at 9×512 and r = 128 about 5.0M numbers against the baseline's 17.1M,
 room to spend on depth or width under the cap; expect a small loss per parameter, a large saving in bytes.
+(At smoke size, width 128, r = 128 is full rank: it trained like the baseline, val_bpb 2.828 vs 2.822.)
 """
 
 from dataclasses import dataclass
@@ -92,11 +93,7 @@ class BasisSharingGPT(GPT):
         C per step would be ≈ 0.01 at 9×512; half of that allows for the shared effect. At smoke size (80
         steps) lower was better throughout: val_bpb 2.890 at 0.04, 2.835 at 0.01, 2.828 at 0.005, 2.809 at 0.
         """
-        shared = {id(p) for p in self.bank.parameters()}
-        groups = default_param_groups(self, c)
-        for group in groups:
-            group.params = [p for p in group.params if id(p) not in shared]
-        return groups + [ParamGroup("basis", list(self.bank.parameters()), "muon", c.basis_lr)]
+        return default_param_groups(self, c, ParamGroup("basis", list(self.bank.parameters()), "muon", c.basis_lr))
 
 
 register("basis_sharing", config=BasisSharingConfig, build=BasisSharingGPT, doc=__doc__,

@@ -6,14 +6,15 @@ the continuous modern Hopfield network (Ramsauer et al. 2020, "Hopfield Networks
 embedding mixture the current state points at (the model's own prediction at temperature 1/β) and mixes it
 back into the state through a learned per-channel gain; ξ is RMS-normed before each step, as everywhere in
 this model. The read-out is the same similarity the retrieval uses, logits = β_out·Xᵀξ, tanh-capped as in the
-baseline: these are the per-pattern terms of the energy's log-sum-exp, so training them makes the next
-token's embedding the pattern the state falls into. (The negative energy of each pattern, −½β‖ξ − x‖², differs
-only by a per-token bias −½β‖x‖² that would penalise frequent tokens' larger embeddings; the dot product
-also makes the read-out at β_out = 1 exactly the baseline's tied head.) β is learned per step, kept positive
-as exp(log β), initialised at 1; the mixing gains start at 0, so training starts from the plain encoder and
-opens the retrieval path as it helps. Stored: the encoder plus (steps + 1) βs and steps × width gains —
-about 1.2M numbers at 9 × 128. The retrieval adds compute but no weights. At smoke size (80 steps) two steps
-gave val_bpb 2.758 against 2.762 with none; the learned read-out β alone took the baseline's 2.822 to 2.762.
+baseline: the negated per-pattern terms of the energy E = −β⁻¹·lse(β·Xᵀξ) + ½ξᵀξ, so softmax(logits) is the
+next step's retrieval and training it makes the next token's embedding the pattern the state falls into.
+(A distance form, −½β‖ξ − x‖², differs only by a per-token bias −½β‖x‖² that would penalise frequent
+tokens' larger embeddings; the dot product also makes the read-out at β_out = 1 exactly the baseline's
+tied head.) β is learned per step, kept positive as exp(log β), initialised at 1; the mixing gains start at
+0, so training starts from the plain encoder and opens the retrieval path as it helps. Stored: the encoder
+plus (steps + 1) βs and steps × width gains — about 1.2M numbers at 9 × 128; the retrieval adds compute but
+no weights. At smoke size (80 steps) two steps gave val_bpb 2.758 against 2.762 with none; the learned
+read-out β alone took the baseline's 2.822 to 2.762.
 """
 
 import math
