@@ -143,7 +143,9 @@ def test_ctrl_c_or_sigterm_stops_the_run_as_interrupted_and_records_it(tmp_path,
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--variant", "baseline", "--budget", str(budget)],
                             cwd=REPO, env={**os.environ, "HARNESS_RESULTS_DIR": str(results),
                                            "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # A shell's background job inherits SIGINT ignored; a terminal's Ctrl-C is not.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # wait until training is under way
         if line.startswith("step "):
             break
