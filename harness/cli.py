@@ -190,6 +190,7 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
     torch.manual_seed(0)
     model = variant.build(config)
     state = hooks.exported_state(model)
+    persistent = set(model.state_dict())
     size = artifact.measure(artifact.compress(state), artifact.model_source_files(model, variant.source_file))
     cap = budget.artifact_cap_bytes if budget else 16_000_000
     preset_values = variant.presets.get(preset, {}) if preset else {}
@@ -199,7 +200,7 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
             "config": as_dict(config), "sources": sources,
             "param_count": sum(p.numel() for p in model.parameters()),
             "stored_param_count": artifact.stored_numel(state),
-            "regenerated_numel": sum(b.numel() for n, b in model.named_buffers() if n not in model.state_dict()
+            "regenerated_numel": sum(b.numel() for n, b in model.named_buffers() if n not in persistent
                                      and b.is_floating_point()),
             "artifact_model_bytes_at_init": size.model_bytes, "artifact_code_bytes": size.code_bytes,
             "artifact_total_bytes_at_init": size.total_bytes, "artifact_cap_bytes": cap}

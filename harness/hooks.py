@@ -18,6 +18,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.model import Block
+
 
 def begin_step(model: nn.Module) -> None:
     for module in model.modules():
@@ -110,6 +112,12 @@ class GeneratedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weights()[self.kind][self.layer].to(x.dtype))
+
+
+def generated_blocks(c, weights) -> list[nn.Module]:
+    """The baseline's blocks, with every block matrix read from `weights()` ({kind: (num_layers, out, in)})."""
+    return [Block(c, linear=lambda kind, i, o, z, layer=layer: GeneratedLinear(weights, kind, layer))
+            for layer in range(c.num_layers)]
 
 
 def generator_parameter_names(module: nn.Module) -> list[str]:

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from harness.config import param
-from harness.hooks import GeneratedLinear, GeneratedWeights, seeded_generator
-from harness.model import GPT, Block, GPTConfig, block_matrix_shapes
+from harness.hooks import GeneratedWeights, generated_blocks, seeded_generator
+from harness.model import GPT, GPTConfig, block_matrix_shapes
 from harness.optim import ParamGroup
 from harness.registry import register
 
@@ -107,13 +107,10 @@ class CellularWeights(GeneratedWeights):
         return out
 
 
-
 class NCAGPT(GPT):
     def __init__(self, c: NCAConfig):
         gen = CellularWeights(c)
-        blocks = [Block(c, linear=lambda kind, i, o, z, layer=layer: GeneratedLinear(gen.weights, kind, layer))
-                  for layer in range(c.num_layers)]
-        super().__init__(c, blocks)
+        super().__init__(c, generated_blocks(c, gen.weights))
         self.gen = gen
 
     def param_groups(self, c: NCAConfig) -> list[ParamGroup]:

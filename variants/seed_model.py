@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import param
-from harness.hooks import GeneratedLinear, GeneratedWeights, seeded_generator
-from harness.model import GPT, Block, GPTConfig, block_matrix_shapes
+from harness.hooks import GeneratedWeights, generated_blocks, seeded_generator
+from harness.model import GPT, GPTConfig, block_matrix_shapes
 from harness.optim import ParamGroup
 from harness.registry import register
 
@@ -34,7 +34,6 @@ class SeedConfig(GPTConfig):
     hash_terms: int = param(4, "signed φ entries summed into each weight (nonzeros per row of P)", low=1, high=64)
     phi_lr: float = param(0.08, "Adam learning rate of φ: about the fraction of its init RMS a weight moves per "
                           "step", low=0.0, high=10.0)
-
 
 
 class SubspaceWeights(GeneratedWeights):
@@ -68,13 +67,10 @@ class SubspaceWeights(GeneratedWeights):
         return out
 
 
-
 class SeedGPT(GPT):
     def __init__(self, c: SeedConfig):
         gen = SubspaceWeights(c)
-        blocks = [Block(c, linear=lambda kind, i, o, z, layer=layer: GeneratedLinear(gen.weights, kind, layer))
-                  for layer in range(c.num_layers)]
-        super().__init__(c, blocks)
+        super().__init__(c, generated_blocks(c, gen.weights))
         self.gen = gen
 
     def param_groups(self, c: SeedConfig) -> list[ParamGroup]:

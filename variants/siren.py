@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from harness.config import param
-from harness.hooks import GeneratedLinear, GeneratedWeights
-from harness.model import GPT, Block, GPTConfig, block_matrix_shapes
+from harness.hooks import GeneratedWeights, generated_blocks
+from harness.model import GPT, GPTConfig, block_matrix_shapes
 from harness.optim import ParamGroup
 from harness.registry import register
 
@@ -37,7 +37,6 @@ class SirenConfig(GPTConfig):
     omega0: float = param(30.0, "ω₀: frequency multiplier of the first sine layer", low=1e-3, high=1e4)
     siren_lr: float = param(1e-3, "Adam learning rate of the SIREN's first layer, biases and read-out",
                             low=0.0, high=10.0)
-
 
 
 class SirenWeights(GeneratedWeights):
@@ -94,13 +93,10 @@ class SirenWeights(GeneratedWeights):
         return out
 
 
-
 class SirenGPT(GPT):
     def __init__(self, c: SirenConfig):
         siren = SirenWeights(c)
-        blocks = [Block(c, linear=lambda kind, i, o, z, layer=layer: GeneratedLinear(siren.weights, kind, layer))
-                  for layer in range(c.num_layers)]
-        super().__init__(c, blocks)
+        super().__init__(c, generated_blocks(c, siren.weights))
         self.siren = siren
 
     def param_groups(self, c: SirenConfig) -> list[ParamGroup]:
