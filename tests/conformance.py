@@ -34,11 +34,14 @@ OPTIONS = [
 
 
 def all_configs() -> list[tuple[str, str | None, dict]]:
-    """Every family at its defaults and at each of its presets, and the options above."""
+    """Every family at its defaults and at each of its presets, and the options above. A preset that only
+    restates the family's defaults (nca:steps50 is nca) is the same model at every size: it is tested once."""
     configs = []
     for name in known_variant_names():
         variant, _ = get_variant(name)
-        configs += [(name, None, {})] + [(name, preset, {}) for preset in variant.presets]
+        default = variant.resolve(None, None, {})
+        configs += [(name, None, {})] + [(name, preset, {}) for preset in variant.presets
+                                         if variant.resolve(preset, None, {}) != default]
     return configs + [option for option in OPTIONS if option[0] in known_variant_names()]
 
 
