@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run | list | show | data | results`.
+"""Command line: `python -m harness run | list | show | data | results | report`.
 
 Parsing turns words into a RunSpec; every user mistake becomes one line on stderr and exit code 2. Variant
 parameters are not declared here: they are derived from the variant's config dataclass, so a new field is a
@@ -78,6 +78,7 @@ def build_parser() -> Parser:
                      help="torch.compile the model (default: on for CUDA, off for CPU)")
     run.add_argument("--max-steps", type=int, help="stop after this many steps even if the clock allows more")
     run.add_argument("--quiet", action="store_true", help="print only the final line")
+    run.add_argument("--note", help="free text kept in the record and shown in reports (what this run is for)")
 
     sub.add_parser("list", help="every variant family with its parameters (defaults, help) and presets")
 
@@ -101,6 +102,14 @@ def build_parser() -> Parser:
     res.add_argument("--status", help="comma-separated statuses (ok, over_cap, diverged, interrupted, failed, ...)")
     res.add_argument("--results-dir", type=Path)
     res.add_argument("--limit", type=int, default=50, help="rows to print")
+
+    rep = sub.add_parser("report", help="turn run records into an HTML report (or a Markdown summary)")
+    rep.add_argument("--results-dir", type=Path, help="where run folders are (default: results/)")
+    rep.add_argument("--budget", help="comma-separated budget names to include (default: all)")
+    rep.add_argument("--variant", help="comma-separated variant names to include (default: all)")
+    rep.add_argument("--out", type=Path, help="HTML file to write (default: reports/index.html); with --format md, "
+                                              "a Markdown file (default: print it)")
+    rep.add_argument("--format", choices=("html", "md"), default="html")
     return parser
 
 
@@ -134,7 +143,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=args.seed, run_id=args.run_id,
                    results_dir=args.results_dir, data_root=args.data_root, data_dir=args.data_dir,
                    tokenizer=args.tokenizer, device=args.device, compile=args.compile, max_steps=args.max_steps,
-                   quiet=args.quiet)
+                   quiet=args.quiet, note=args.note)
     # SLURM and other schedulers stop jobs with SIGTERM: record those runs as interrupted, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     record = run(spec)
@@ -254,6 +263,33 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from harness import REPO_ROOT
+    from harness.report import build_markdown, build_report
+    from harness.results import default_results_dir
+
+    results_dir = args.results_dir or default_results_dir()
+    if args.format == "md":
+        text = build_markdown(results_dir, args.budget, args.variant)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text, encoding="utf-8")
+            print(f"wrote {args.out}")
+        else:
+            print(text)
+        return 0
+    out = args.out or REPO_ROOT / "reports" / "index.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--out {out} should end in .html (use --format md for Markdown)")
+    t0 = time.perf_counter()
+    built = build_report(results_dir, out, args.budget, args.variant)
+    print(f"wrote {built.index} ({built.runs:,} runs, {built.run_pages:,} run pages, "
+          f"{', '.join(p.name for p in built.exports)}) in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -264,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_show(args, extra)
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
-        return {"list": cmd_list, "data": cmd_data, "results": cmd_results}[args.command](args)
+        return {"list": cmd_list, "data": cmd_data, "results": cmd_results,
+                "report": cmd_report}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

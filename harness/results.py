@@ -1,8 +1,9 @@
 """Run records: one directory per run, written by one process, the record replaced atomically.
 
-results/<run_id>/ holds run.json (the versioned record), log.txt (everything the run printed) and
-model.int8.ptz (the artifact). A run writes its record when it starts (status "running") and rewrites it when
-it ends, whatever the ending: ok, over_cap, diverged, interrupted or failed. No two runs share a file.
+results/<run_id>/ holds run.json (the versioned record), log.txt (everything the run printed), curve.jsonl
+(every training step) and model.int8.ptz (the artifact). A run writes its record when it starts (status
+"running") and rewrites it when it ends, whatever the ending: ok, over_cap, diverged, interrupted or failed.
+No two runs share a file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from harness import REPO_ROOT
 
 SCHEMA_VERSION = 1
+CURVE_POINTS = 256  # steps kept in run.json's curve (plus every validation point); curve.jsonl keeps them all
 STATUSES = ("running", "ok", "over_cap", "over_eval_limit", "diverged", "interrupted", "failed")
 
 
@@ -28,6 +30,22 @@ def write_json_atomic(path: Path, data: dict) -> None:
         json.dump(data, f, indent=1, default=str, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def thin_curve(curve: list[dict], points: int = CURVE_POINTS) -> list[dict]:
+    """Every `stride`-th step, the first and last steps and every step with a validation score.
+
+    A ten-minute H100 run takes ~14k steps; keeping each in run.json would make a record a megabyte and a
+    report over thousands of runs slow, while plots need a few hundred points.
+    """
+    stride = max(1, -(-len(curve) // points))
+    return [c for n, c in enumerate(curve) if n % stride == 0 or n == len(curve) - 1 or "val_bpb" in c]
+
+
+def write_curve(path: Path, curve: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(c, allow_nan=False) + "\n" for c in curve), encoding="utf-8")
     os.replace(tmp, path)
 
 

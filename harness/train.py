@@ -33,7 +33,7 @@ from harness.errors import UserError
 from harness.metric import ScoredModel, autocast, evaluate, load_validation
 from harness.optim import build_optimizers
 from harness.registry import Variant
-from harness.results import SCHEMA_VERSION, default_results_dir, new_run_id, write_json_atomic
+from harness.results import SCHEMA_VERSION, default_results_dir, new_run_id, thin_curve, write_curve, write_json_atomic
 
 
 @dataclass
@@ -52,6 +52,7 @@ class RunSpec:
     compile: bool | None = None      # None: compile on CUDA, not on CPU
     max_steps: int | None = None     # overrides the budget's step cap (tests, quick checks)
     quiet: bool = False
+    note: str | None = None          # free text kept in the record (what this run is for)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def config_hash(self) -> str:
@@ -196,7 +197,7 @@ def run(spec: RunSpec) -> dict:
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "config_hash": config_hash, "status": "running",
         "variant": spec.variant.name, "preset": spec.preset, "config": as_dict(c), "seed": spec.seed,
-        "budget_name": b.name, "budget": b.to_dict(), "command": spec.command,
+        "budget_name": b.name, "budget": b.to_dict(), "command": spec.command, "note": spec.note,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **hardware.git_state(),
         "environment": hardware.environment(device, world_size),
         "hardware_matches_budget": device.type == b.device and world_size == b.device_count,
@@ -219,6 +220,8 @@ def run(spec: RunSpec) -> dict:
         f"{param_count:,} params | {device.type}×{world_size} accum {accumulation} | dataset {dataset.name} "
         f"(val {val.target_tokens:,} tokens) | seed {spec.seed} | compile {use_compile}")
     log(f"command: {' '.join(spec.command)}", console=False)
+    if spec.note:
+        log(f"note: {spec.note}", console=False)
     log(f"environment: {record['environment']}", console=False)
 
     loader = DistributedTokenLoader(dataset.train_files, rank, world_size, device)
@@ -267,6 +270,8 @@ def run(spec: RunSpec) -> dict:
             record["outside_training_fraction"] = 1 - record.get("train_seconds", 0.0) / record[
                 "wallclock_seconds_total"]
             write_json_atomic(run_dir / "run.json", record)
+            if curve:
+                write_curve(run_dir / "curve.jsonl", curve)
 
     try:
         # ------------------------------------------------------------------ WARM-UP (untimed, undone)
@@ -341,7 +346,7 @@ def run(spec: RunSpec) -> dict:
                   ms_per_step=training_ms / step if step and training_ms else None,
                   tokens_per_second=(step * b.tokens_per_step / (training_ms / 1000.0)
                                      if step and training_ms else None),
-                  curve=curve, diverged_step=diverged_step, error=error,
+                  curve=thin_curve(curve), diverged_step=diverged_step, error=error,
                   val_seconds_in_training=val_seconds_in_training, peak_memory_bytes=hardware.peak_memory_bytes(device))
     peak = hardware.peak_flops(device)
     record["mfu"] = (flops_per_token * record["tokens_per_second"] / (peak * world_size)

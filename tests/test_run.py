@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, harness_cli, only_record, write_budget
+from harness.results import CURVE_POINTS, thin_curve
 
 REQUIRED_FIELDS = [
     "schema_version", "run_id", "config_hash", "variant", "config", "budget", "budget_name", "seed", "commit",
@@ -38,7 +39,9 @@ def test_smoke_run_learns_far_below_the_unigram_entropy(tmp_path):
     assert (results / record["run_id"] / "model.int8.ptz").stat().st_size == record["artifact_model_bytes"]
     assert "final: val_loss" in (results / record["run_id"] / "log.txt").read_text()
     assert any("val_bpb" in point for point in record["curve"][:-1]), "no validation during training"
-    assert len(record["curve"]) == record["steps"]
+    every_step = [json.loads(line) for line in (results / record["run_id"] / "curve.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in every_step] == list(range(1, record["steps"] + 1))
+    assert record["curve"] == thin_curve(every_step)
     # Unigram entropy of the training tokens, scored on validation, in bits per byte.
     from harness.data.datasets import resolve_dataset
     from harness.data.shards import read_shard
@@ -180,3 +183,15 @@ def test_results_table_lists_runs_best_first_and_filters(tmp_path):
     assert out.index("run1") < out.index("run0") < out.index("run2")
     filtered = harness_cli("results", "--results-dir", str(results), "--status", "diverged").stdout
     assert "run2" in filtered and "run0" not in filtered
+
+
+def test_record_curve_is_thinned_but_keeps_every_validation_point():
+    """A ten-minute H100 run's ~14k steps: run.json keeps a few hundred, curve.jsonl keeps them all."""
+    curve = [{"step": s, "train_loss": 1.0} for s in range(1, 14_001)]
+    for point in curve[999::1000]:
+        point["val_bpb"] = 1.2
+    thin = thin_curve(curve)
+    steps = [p["step"] for p in thin]
+    assert steps[0] == 1 and steps[-1] == 14_000 and steps == sorted(set(steps))
+    assert {p["step"] for p in thin if "val_bpb" in p} == set(range(1000, 14_001, 1000))
+    assert CURVE_POINTS <= len(thin) <= CURVE_POINTS + 1 + 14

@@ -1,0 +1,205 @@
+"""`python -m harness report`: run records → one self-contained HTML report (or a Markdown summary).
+
+Flow: load every run.json (tables.load_runs) → leaderboards per budget and hardware with seed statistics
+(tables) → Pareto plots and learning curves (plots) → the index page, a page per run and CSV/Parquet exports
+(render). Reports read records, never logs (except to show a run's log tail on its own page).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.report import plots, render, tables
+
+CURVES_PER_BOARD = 8
+PAGE_CHUNK = 500
+_SHARED: dict = {}  # what forked workers read: set before the pool starts, never sent through pipes
+
+
+@dataclass
+class Built:
+    index: Path
+    run_pages: int
+    exports: list[Path]
+    runs: int
+
+
+def select(runs: list[tables.Run], budget: str | None, variant: str | None) -> list[tables.Run]:
+    """Keep the runs of the named budgets and variants; a name that matches nothing is a user mistake."""
+    for key, wanted in (("budget_name", budget), ("variant", variant)):
+        if not wanted:
+            continue
+        names = [w.strip() for w in wanted.split(",") if w.strip()]
+        known = sorted({str(r.row[key]) for r in runs})
+        missing = [n for n in names if n not in known]
+        if missing:
+            flag = "--budget" if key == "budget_name" else "--variant"
+            raise UserError(f"{flag} {missing[0]!r} matches no run record; recorded: {', '.join(known) or 'none'}")
+        runs = [r for r in runs if r.row[key] in names]
+    return runs
+
+
+def load(results_dir: Path, budget: str | None, variant: str | None) -> list[tables.Run]:
+    if not Path(results_dir).is_dir():
+        raise UserError(f"results folder {results_dir} does not exist; pass --results-dir or run something first")
+    runs = tables.load_runs(results_dir)
+    if not runs:
+        raise UserError(f"no run records in {results_dir}; make one with: "
+                        "python -m harness run --variant baseline --budget smoke")
+    return select(runs, budget, variant)
+
+
+def curve_series(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]]) -> list[dict]:
+    """The best configurations' median-seed runs (and the baseline's), as series for learning_curves."""
+    ranked = [r["config_key"] for r in board.rows if r["ranked"]]
+    keys = list(dict.fromkeys(([board.baseline_key] if board.baseline_key else []) + ranked[:CURVES_PER_BOARD]))
+    series = []
+    for key in keys:
+        finished = sorted((r for r in by_key.get(key, []) if r.row["status"] == "ok"
+                           and r.row["val_bpb_post_quant"] is not None), key=lambda r: r.row["val_bpb_post_quant"])
+        if not finished:
+            continue
+        rec = finished[(len(finished) - 1) // 2].record
+        final = ({"seconds": rec["train_seconds"], "tokens": rec.get("tokens_seen"), "val_bpb": rec["val_bpb"]}
+                 if rec.get("val_bpb") is not None and rec.get("train_seconds") is not None else None)
+        series.append({"label": f"{rec.get('variant')}{':' + rec['preset'] if rec.get('preset') else ''}",
+                       "baseline": key == board.baseline_key, "curve": rec.get("curve") or [], "final": final})
+    return series
+
+
+def board_section(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]], anchor: str) -> str:
+    rows = board.rows
+    title = f"{board.budget} on {board.hardware}"
+    plotted = [r for r in rows if r["seeds"]]
+    cap = max((r["artifact_cap_bytes"] for r in rows if r["artifact_cap_bytes"]), default=None)
+    figures = [
+        render.figure(plots.pareto_plot(plotted, "artifact_total_bytes", "artifact bytes (model + code)", cap=cap,
+                                        log_x=True, title=f"{title}: size"),
+                      "val_bpb against artifact bytes; dashed: cap"),
+        render.figure(plots.pareto_plot(plotted, "tokens_per_second", "training tokens per second",
+                                        maximize_x=True, title=f"{title}: speed"), "val_bpb against throughput"),
+        render.figure(plots.pareto_plot(plotted, "stored_param_count", "stored parameters", log_x=True,
+                                        title=f"{title}: parameters"), "val_bpb against stored parameters"),
+    ]
+    curves = render.figure(plots.learning_curves(curve_series(board, by_key), title),
+                           "the median seed of the best configurations; the baseline in black", wide=True)
+    return (f'<section id="{render.esc(anchor)}"><h2>{render.esc(title)}</h2>{render.board_heading(board)}'
+            + render.table(render.LEADERBOARD_HEADERS, render.leaderboard_rows(board), f"{anchor}-table")
+            + f'<h3>Pareto fronts</h3><div class="plots">{"".join(figures)}</div>'
+            + f'<h3>Learning curves</h3><div class="plots">{curves}</div></section>')
+
+
+def grouped_section(runs: list[tables.Run], kind: str) -> str:
+    """Sweeps (grid tables, parameter plots) and tuning studies (history, Pareto front) found in the records."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        info = r.record.get(kind)
+        if isinstance(info, dict) and info.get("name"):
+            params = info.get("params") or {}
+            groups.setdefault(str(info["name"]), []).append({**r.row, **params, "trial": info.get("trial"),
+                                                              "_params": list(params)})
+    parts = []
+    for name, rows in sorted(groups.items()):
+        params = list(dict.fromkeys(p for row in rows for p in row["_params"]))
+        title = f"{'sweep' if kind == 'sweep' else 'study'} {name}"
+        headers = [("run", "")] + [(p, "swept parameter") for p in params] + [
+            ("seed", ""), ("status", ""), ("val_bpb", "post-quant"), ("artifact bytes", ""), ("tok/s", "")]
+        body = [f'<tr><td class="t"><a href="{render.esc(render.run_href(row["run_id"]))}">'
+                f'{render.esc(row["label"])}</a></td>'
+                + "".join(render.cell(row.get(p), tables.format_value(row.get(p))) for p in params)
+                + render.cell(row["seed"], str(row["seed"])) + render.cell(row["status"], row["status"], "t")
+                + render.cell(row["val_bpb_post_quant"]) + render.cell(row["artifact_total_bytes"])
+                + render.cell(row["tokens_per_second"], render.number(row["tokens_per_second"], 0)) + "</tr>"
+                for row in rows]
+        figures = [render.figure(plots.parameter_plot(rows, p, f"{title}: {p}"), f"{p} against val_bpb")
+                   for p in params]
+        if kind == "study":
+            figures.insert(0, render.figure(plots.history_plot(rows, title), "trials in order; line: best so far"))
+            front = [{**row, "bpb_mean": row["val_bpb_post_quant"], "bpb_std": 0.0} for row in rows]
+            figures.insert(1, render.figure(plots.pareto_plot(front, "artifact_total_bytes", "artifact bytes",
+                                                              title=f"{title}: size"), "trials: val_bpb vs size"))
+        parts.append(f"<h3>{render.esc(title)} ({len(rows)} runs)</h3>" + render.table(headers, body)
+                     + f'<div class="plots">{"".join(figures)}</div>')
+    if not parts:
+        return ""
+    heading = "Sweeps" if kind == "sweep" else "Tuning studies"
+    return f'<section id="{"sweeps" if kind == "sweep" else "studies"}"><h2>{heading}</h2>{"".join(parts)}</section>'
+
+
+def build_report(results_dir: Path, out: Path, budget: str | None = None, variant: str | None = None) -> Built:
+    runs = load(results_dir, budget, variant)
+    boards = tables.build_leaderboards(runs)
+    by_key: dict[str, list[tables.Run]] = {}
+    for r in runs:
+        by_key.setdefault(r.row["config_key"], []).append(r)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    anchors = [f"board-{i}" for i in range(len(boards))]
+    nav = "<nav>" + "".join(f'<a href="#{a}">{render.esc(b.budget)} · {render.esc(b.hardware)}</a>'
+                            for a, b in zip(anchors, boards)) + '<a href="#runs">all runs</a></nav>'
+    filters = " ".join(f"{k} {v}" for k, v in (("budget", budget), ("variant", variant)) if v)
+    stem = "leaderboard" if out.stem == "index" else f"{out.stem}-leaderboard"
+    exports = [out.with_name(f"{stem}.csv"), out.with_name(f"{stem}.parquet")]
+    frame = tables.export_frame(boards)
+    frame.write_csv(exports[0])
+    frame.write_parquet(exports[1])
+    run_rows = sorted((r.row for r in runs), key=lambda row: str(row["started_at"]), reverse=True)
+    pages = out.parent / "runs"
+    pages.mkdir(exist_ok=True)
+    sections = in_parallel(boards, anchors, by_key, runs, pages, os.path.relpath(out, pages))
+    body = (render.report_header("golf-harness report", str(results_dir), len(runs), filters) + nav
+            + "".join(sections)
+            + grouped_section(runs, "sweep") + grouped_section(runs, "study")
+            + '<section id="runs"><h2>All runs</h2><p class="small">Exports: '
+            + " ".join(f'<a href="{render.esc(p.name)}">{render.esc(p.name)}</a>' for p in exports) + "</p>"
+            + f"<details><summary>{len(run_rows):,} runs, newest first</summary>"
+            + render.runs_table(run_rows, "runs-table") + "</details></section>")
+    write_text(out, render.page("golf-harness report", body))
+    return Built(index=out, run_pages=len(runs), exports=exports, runs=len(runs))
+
+
+def in_parallel(boards, anchors, by_key, runs, pages: Path, back: str) -> list[str]:
+    """Plots (one task per leaderboard) and run pages (chunks of PAGE_CHUNK) on every core, via fork; serial
+    where fork is not available. Returns the leaderboard sections in order."""
+    _SHARED.update(boards=boards, anchors=anchors, by_key=by_key, runs=runs, pages=pages, back=back)
+    chunks = [(i, min(i + PAGE_CHUNK, len(runs))) for i in range(0, len(runs), PAGE_CHUNK)]
+    workers = min(os.cpu_count() or 1, len(boards) + len(chunks))
+    try:
+        if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            for chunk in chunks:
+                write_pages(chunk)
+            return [board_task(i) for i in range(len(boards))]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            sections = [pool.submit(board_task, i) for i in range(len(boards))]
+            written = [pool.submit(write_pages, chunk) for chunk in chunks]
+            for done in written:
+                done.result()
+            return [s.result() for s in sections]
+    finally:
+        _SHARED.clear()
+
+
+def board_task(index: int) -> str:
+    return board_section(_SHARED["boards"][index], _SHARED["by_key"], _SHARED["anchors"][index])
+
+
+def write_pages(chunk: tuple[int, int]) -> None:
+    for r in _SHARED["runs"][chunk[0]:chunk[1]]:
+        # Plain writes: a run page is rebuilt on every report, so a torn one lasts until the next.
+        (_SHARED["pages"] / f"{r.row['run_id']}.html").write_text(
+            render.run_page(r.record, r.path, _SHARED["back"]), encoding="utf-8")
+
+
+def build_markdown(results_dir: Path, budget: str | None = None, variant: str | None = None) -> str:
+    return render.markdown(tables.build_leaderboards(load(results_dir, budget, variant)))
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,246 @@
+"""The report: numbers that match a hand computation from the records, budgets never mixed, over-cap runs never
+ranked, every user string escaped, and a page that works in a real headless Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import statistics
+from pathlib import Path
+
+import polars as pl
+import pytest
+from scipy import stats
+
+from conftest import harness_cli
+from harness.budget import load_budget
+from harness.registry import get_variant
+from harness.report import plots, tables
+from harness.train import RunSpec, run
+
+CONFIGS = [("baseline", None), ("mla", "latent64"), ("depth_recurrence", None)]
+INJECTED = '<script>window.__injected = 1</script><img src="https://example.com/x.png"> & "quoted"'
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory) -> Path:
+    """Real runs of the smoke budget — baseline and two variants, two seeds each — cut to a few steps and a
+    short validation slice so the module stays quick; one run carries a note with markup in it."""
+    results = tmp_path_factory.mktemp("results")
+    budget = dataclasses.replace(load_budget("smoke"), val_tokens_cap=8192)
+    for name, preset in CONFIGS:
+        variant, _ = get_variant(name)
+        config = variant.resolve(preset, budget.model, None, budget.name)
+        for seed in (1, 2):
+            note = INJECTED if (name, seed) == ("mla", 1) else None
+            record = run(RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed,
+                                 results_dir=results, max_steps=3, quiet=True, note=note, command=["test"]))
+            assert record["status"] == "ok", record.get("error")
+    return results
+
+
+def records_of(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("*/run.json"))]
+
+
+def copy_results(src: Path, dst: Path, change=None) -> Path:
+    """A copy of a results folder, each record passed through `change(record)` (to build edge cases)."""
+    shutil.copytree(src, dst)
+    for path in dst.glob("*/run.json"):
+        record = json.loads(path.read_text())
+        if change:
+            change(record)
+        path.write_text(json.dumps(record))
+    return dst
+
+
+def test_leaderboard_matches_a_hand_computation(smoke_results):
+    records = records_of(smoke_results)
+    (board,) = tables.build_leaderboards(tables.load_runs(smoke_results))
+    by_label: dict[str, list[dict]] = {}
+    for r in records:
+        by_label.setdefault(f"{r['variant']}{':' + r['preset'] if r['preset'] else ''}", []).append(r)
+    rows = {r["label"]: r for r in board.table.to_dicts()}
+    assert set(rows) == set(by_label) and all(r["seeds"] == 2 for r in rows.values())
+    base = [r["val_loss_post_quant"] for r in by_label["baseline"]]
+    base_bpb = statistics.mean(r["val_bpb_post_quant"] for r in by_label["baseline"])
+    for label, runs in by_label.items():
+        row = rows[label]
+        bpbs = [r["val_bpb_post_quant"] for r in runs]
+        assert row["bpb_mean"] == pytest.approx(statistics.mean(bpbs), rel=1e-12)
+        assert row["bpb_std"] == pytest.approx(statistics.stdev(bpbs), rel=1e-9)
+        assert row["bpb_pre_quant"] == pytest.approx(statistics.mean(r["val_bpb"] for r in runs), rel=1e-12)
+        assert row["delta_bpb"] == pytest.approx(statistics.mean(bpbs) - base_bpb, abs=1e-12)
+        assert row["artifact_total_bytes"] == max(r["artifact_total_bytes"] for r in runs)
+        if label != "baseline":
+            losses = [r["val_loss_post_quant"] + 0.005 for r in runs]
+            expected = stats.ttest_ind(losses, base, equal_var=False, alternative="less").pvalue
+            assert row["p_value"] == pytest.approx(expected, rel=1e-9)
+            assert row["passes_bar"] == (expected < 0.01)
+    ranked = sorted(rows.values(), key=lambda r: r["bpb_mean"])
+    assert [r["rank"] for r in ranked] == [1, 2, 3]
+    tokens_per_byte = records[0]["val_tokens"] / records[0]["val_bytes"]
+    assert board.bar_bpb == pytest.approx(0.005 / math.log(2) * tokens_per_byte)
+
+
+def test_welch_test_needs_two_seeds_and_honours_the_margin():
+    assert tables.welch_p_value([1.0], [2.0, 2.1], 0.005) is None
+    clearly_better = tables.welch_p_value([2.00, 2.01, 2.02], [2.50, 2.51, 2.52], 0.005)
+    within_margin = tables.welch_p_value([2.498, 2.499, 2.500], [2.500, 2.501, 2.502], 0.005)
+    assert clearly_better < 1e-4 and within_margin > 0.5
+    assert tables.welch_p_value([2.0, 2.0], [2.5, 2.5], 0.005) == 0.0  # no spread: the means decide
+
+
+def test_over_cap_configurations_are_flagged_and_never_ranked(smoke_results, tmp_path):
+    def shrink_cap_for_mla(record):
+        if record["variant"] == "mla":
+            record["artifact_cap_bytes"] = record["artifact_total_bytes"] - 1
+            record["status"] = "over_cap"
+    results = copy_results(smoke_results, tmp_path / "r", shrink_cap_for_mla)
+    (board,) = tables.build_leaderboards(tables.load_runs(results))
+    rows = {r["label"]: r for r in board.table.to_dicts()}
+    assert rows["mla:latent64"]["over_cap"] and rows["mla:latent64"]["rank"] is None
+    assert rows["mla:latent64"]["passes_bar"] in (False, None)
+    assert sorted(r["rank"] for r in rows.values() if r["rank"] is not None) == [1, 2]
+    assert board.table["label"].to_list()[-1] == "mla:latent64"  # unranked rows come last
+
+
+def test_budgets_and_hardware_are_never_mixed(smoke_results, tmp_path):
+    def move_depth_recurrence(record):
+        if record["variant"] == "depth_recurrence":
+            record["environment"]["device_name"] = "other-cpu"
+    results = copy_results(smoke_results, tmp_path / "r", move_depth_recurrence)
+    boards = tables.build_leaderboards(tables.load_runs(results))
+    assert len(boards) == 2
+    lone = next(b for b in boards if "other-cpu" in b.hardware)
+    assert lone.table["label"].to_list() == ["depth_recurrence"] and lone.baseline_key is None
+    assert lone.table["delta_bpb"].to_list() == [None]
+
+
+def test_failed_and_diverged_runs_are_counted_not_scored(smoke_results, tmp_path):
+    def break_one_baseline(record):
+        if record["variant"] == "baseline" and record["seed"] == 2:
+            record.update(status="diverged", val_bpb_post_quant=None, val_loss_post_quant=None, val_bpb=None)
+    results = copy_results(smoke_results, tmp_path / "r", break_one_baseline)
+    (board,) = tables.build_leaderboards(tables.load_runs(results))
+    base = board.table.filter(pl.col("variant") == "baseline").row(0, named=True)
+    assert (base["runs"], base["seeds"], base["ok"], base["diverged"]) == (2, 1, 1, 1)
+    assert base["bpb_std"] is None
+    others = board.table.filter(pl.col("variant") != "baseline")
+    assert others["p_value"].to_list() == [None, None]  # one baseline seed: no test, not a fake p
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(1.0, 3.0), (2.0, 2.0), (3.0, 2.5), (4.0, 1.0), (2.5, 2.0)]
+    assert sorted(plots.pareto_front(points)) == [0, 1, 3]
+    assert sorted(plots.pareto_front(points, maximize_x=True)) == [3]
+
+
+def test_report_command_writes_page_run_pages_and_exports(smoke_results, tmp_path):
+    out = tmp_path / "site" / "index.html"
+    done = harness_cli("report", "--results-dir", str(smoke_results), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.exists() and len(list((out.parent / "runs").glob("*.html"))) == 6
+    page = out.read_text()
+    assert "<script>window.__injected" not in page and "&lt;script&gt;window.__injected" in page
+    assert '<img src="https://example.com' not in page
+    board = pl.read_parquet(out.parent / "leaderboard.parquet")
+    assert board.sort("label")["label"].to_list() == ["baseline", "depth_recurrence", "mla:latent64"]
+    assert pl.read_csv(out.parent / "leaderboard.csv")["seeds"].to_list() == [2, 2, 2]
+    noted = next(p for p in (out.parent / "runs").glob("*mla*.html") if "injected" in p.read_text())
+    assert "<script>window" not in noted.read_text() and "&lt;script&gt;window.__injected" in noted.read_text()
+
+
+def test_markdown_summary_lists_every_configuration(smoke_results):
+    done = harness_cli("report", "--results-dir", str(smoke_results), "--format", "md", "--variant", "baseline,mla")
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("| ")]
+    assert len(lines) == 3 and "**baseline**" in done.stdout and "mla:latent64" in done.stdout
+    assert "depth_recurrence" not in done.stdout and "bpb (measured" in done.stdout
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--budget", "10min"], "--budget '10min' matches no run record; recorded: smoke"),
+    (["--variant", "nope"], "--variant 'nope' matches no run record"),
+    (["--out", "report.txt"], "should end in .html"),
+])
+def test_report_mistakes_are_one_line_errors(smoke_results, args, fragment):
+    done = harness_cli("report", "--results-dir", str(smoke_results), *args)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and fragment in done.stderr, done.stderr
+
+
+def test_report_on_an_empty_folder_says_how_to_make_a_run(tmp_path):
+    done = harness_cli("report", "--results-dir", str(tmp_path))
+    assert done.returncode == 2 and "no run records" in done.stderr and "--budget smoke" in done.stderr
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_report_works_in_headless_chromium(smoke_results, tmp_path):
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("chromium is not installed here (apt-get install chromium); CI runs this test")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    out = tmp_path / "site" / "index.html"
+    assert harness_cli("report", "--results-dir", str(smoke_results), "--out", str(out)).returncode == 0
+    problems, foreign = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: None if r.url.startswith(("file://", "data:")) else foreign.append(r.url))
+        page.goto(out.as_uri())
+        page.wait_for_load_state("load")
+        table = page.locator("#board-0-table")
+        assert table.locator("tbody tr").count() == 3
+        assert page.locator("section#board-0 figure svg").count() == 4  # three Pareto fronts, the curves
+
+        def column(index: int) -> list[float]:
+            cells = table.locator(f"tbody tr td:nth-child({index + 1})").all()
+            return [float(c.get_attribute("data-v")) for c in cells]
+
+        bpb_column = next(i for i, h in enumerate(table.locator("th").all_inner_texts()) if h.strip() == "val_bpb")
+        header = table.locator("th").nth(bpb_column)
+        header.click()
+        assert header.get_attribute("aria-sort") == "ascending" and column(bpb_column) == sorted(column(bpb_column))
+        header.click()
+        assert column(bpb_column) == sorted(column(bpb_column), reverse=True)
+        assert page.evaluate("typeof window.__injected") == "undefined"
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+
+        run_page = next(p for p in (out.parent / "runs").glob("*mla*.html") if "injected" in p.read_text())
+        page.goto(run_page.as_uri())
+        assert INJECTED.split(">")[0] + ">" in page.locator("body").inner_text()  # shown as text, not run
+        assert page.evaluate("typeof window.__injected") == "undefined"
+        browser.close()
+    assert problems == [] and foreign == []
+    assert (tmp_path / "report.png").stat().st_size > 20_000
+
+
+def test_sweep_and_study_records_get_their_own_sections(smoke_results, tmp_path):
+    def tag(record):
+        if record["variant"] == "mla":
+            record["sweep"] = {"name": "mla-latent", "params": {"kv_latent_dim": 64, "seed": record["seed"]}}
+        if record["variant"] == "depth_recurrence":
+            record["study"] = {"name": "dr-study", "trial": record["seed"],
+                               "params": {"matrix_lr": 0.01 * record["seed"]}}
+    results = copy_results(smoke_results, tmp_path / "r", tag)
+    out = tmp_path / "site" / "index.html"
+    assert harness_cli("report", "--results-dir", str(results), "--out", str(out)).returncode == 0
+    page = out.read_text()
+    sweeps = page[page.index('<section id="sweeps">'):page.index('<section id="studies">')]
+    assert "sweep mla-latent (2 runs)" in sweeps and sweeps.count("<svg") == 2  # kv_latent_dim, seed
+    studies = page[page.index('<section id="studies">'):page.index('<section id="runs">')]
+    assert "study dr-study (2 runs)" in studies and studies.count("<svg") == 3  # history, size front, matrix_lr
