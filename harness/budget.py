@@ -7,12 +7,12 @@ the dataset, so two runs under the same budget are comparable whatever variant t
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import REPO_ROOT
+from harness.config import read_toml
 from harness.errors import UserError
 
 BUDGETS_DIR = REPO_ROOT / "budgets"
@@ -62,12 +62,7 @@ def load_budget(name_or_path: str) -> Budget:
         if not path.is_file():
             raise UserError(f"unknown budget {name_or_path!r}; known budgets: {', '.join(budget_names())} "
                             f"(or give a path to a .toml file)")
-    if not path.is_file():
-        raise UserError(f"budget file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"budget file {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "budget file")
     raw.setdefault("name", path.stem)
     known = {f.name for f in dataclasses.fields(Budget)} - {"source"}
     unknown = sorted(set(raw) - known)

@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run | list | show | data | results | report`.
+"""Command line: `python -m harness run | list | show | data | results | report | sweep | status`.
 
 Parsing turns words into a RunSpec; every user mistake becomes one line on stderr and exit code 2. Variant
 parameters are not declared here: they are derived from the variant's config dataclass, so a new field is a
@@ -110,6 +110,32 @@ def build_parser() -> Parser:
     rep.add_argument("--out", type=Path, help="HTML file to write (default: reports/index.html); with --format md, "
                                               "a Markdown file (default: print it)")
     rep.add_argument("--format", choices=("html", "md"), default="html")
+
+    sw = sub.add_parser("sweep", help="run a grid of runs (a sweep file or --variant/--grid) locally or on SLURM",
+                        description="Any other --name value pair fixes a parameter of --variant for every run.")
+    sw.add_argument("spec", nargs="?", type=Path, help="a sweep TOML file (sweeps/*.toml); or use --variant")
+    sw.add_argument("--variant", help="family (name or name:preset) for a command-line grid")
+    sw.add_argument("--preset", help="comma-separated presets of --variant to sweep over")
+    sw.add_argument("--grid", action="append", default=[], help="NAME=V1,V2,... (repeatable; every combination)")
+    sw.add_argument("--seeds", type=int, help="seeds 1..N for every run (overrides the file's seeds)")
+    sw.add_argument("--budget", help="budget for a command-line grid")
+    sw.add_argument("--name", help="sweep name (default: the file's name, or VARIANT-BUDGET)")
+    sw.add_argument("--executor", choices=("debug", "local", "slurm"), default="local")
+    sw.add_argument("--parallel", type=int, default=1, help="local executor: runs at a time")
+    sw.add_argument("--partition", help="SLURM partition")
+    sw.add_argument("--account", help="SLURM account")
+    sw.add_argument("--qos", help="SLURM QOS")
+    sw.add_argument("--cpus-per-task", type=int, help="SLURM CPUs per task")
+    sw.add_argument("--mem-gb", type=float, help="SLURM memory per node, GB")
+    sw.add_argument("--max-concurrent", type=int, default=32, help="SLURM array: jobs running at once")
+    sw.add_argument("--margin-minutes", type=float, default=10.0, help="SLURM: added to the budget's time limit")
+    sw.add_argument("--dry-run", action="store_true", help="print the plan and what would be submitted")
+    sw.add_argument("--wait", action="store_true", help="follow progress until every run ends, then build the report")
+    sw.add_argument("--results-dir", type=Path, help="where run folders go (default: results/)")
+
+    st = sub.add_parser("status", help="a sweep's runs: done, running, pending, failed (with reason and log)")
+    st.add_argument("sweep", help="sweep name (results/sweeps/NAME.json)")
+    st.add_argument("--results-dir", type=Path)
     return parser
 
 
@@ -290,6 +316,63 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness import sweep as sw
+    from harness.results import default_results_dir
+    from harness.sweep.spec import expand, load_spec_file, parse_grid
+
+    if args.parallel < 1 or args.max_concurrent < 1:
+        raise UserError("--parallel and --max-concurrent must be at least 1")
+    if args.spec is not None:
+        if args.variant or args.grid or extra:
+            raise UserError("give either a sweep file or --variant/--grid/parameters, not both")
+        plan = load_spec_file(args.spec, args.seeds, args.name)
+    else:
+        if not args.variant or not args.budget:
+            raise UserError("a command-line sweep needs --variant and --budget (or give a sweep file)")
+        from harness.registry import get_variant
+
+        variant, preset = get_variant(args.variant)
+        fixed = parse_config_flags(variant.config_cls, extra)
+        entry = {"variant": args.variant.split(":")[0] if preset else args.variant, "grid": parse_grid(args.grid),
+                 "params": fixed}
+        if args.preset or preset:
+            entry["presets"] = (args.preset or preset).split(",")
+        name = args.name or f"{variant.name}-{Path(args.budget).stem}"
+        plan = expand(name, [entry], args.budget, list(range(1, (args.seeds or 1) + 1)), "command line")
+    results_dir = args.results_dir or default_results_dir()
+    options = sw.SlurmOptions(partition=args.partition, account=args.account, qos=args.qos,
+                              cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, max_concurrent=args.max_concurrent,
+                              margin_minutes=args.margin_minutes)
+    if args.executor == "slurm" and not args.dry_run:
+        import shutil
+
+        if shutil.which("sbatch") is None:
+            raise UserError("--executor slurm needs SLURM's sbatch on PATH; use --executor local on this machine")
+    sw.submit(plan, results_dir, args.executor, args.parallel, options, args.dry_run)
+    if args.wait and not args.dry_run:
+        return sw.follow(plan.name, results_dir)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness import sweep as sw
+    from harness.results import default_results_dir
+
+    results_dir = args.results_dir or default_results_dir()
+    state = sw.load_state(results_dir, args.sweep)
+    states = sw.run_states(state)
+    counts: dict[str, int] = {}
+    for s in states.values():
+        counts[s["state"]] = counts.get(s["state"], 0) + 1
+    print(f"sweep {args.sweep}: {len(states)} runs — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    for run_id, s in states.items():
+        job = f"job {s['job']}" if s["job"] else ""
+        log = f"  log {s['log']}" if s["state"] == "failed" else ""
+        print(f"  {s['state']:<8} {run_id:<60} {s['reason']:<30} {job}{log}".rstrip())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -298,10 +381,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, extra)
         if args.command == "show":
             return cmd_show(args, extra)
+        if args.command == "sweep":
+            return cmd_sweep(args, extra)
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         return {"list": cmd_list, "data": cmd_data, "results": cmd_results,
-                "report": cmd_report}[args.command](args)
+                "report": cmd_report, "status": cmd_status}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

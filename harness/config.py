@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tomllib
 import typing
+from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
@@ -126,3 +128,13 @@ def stable_hash(obj: Any) -> str:
     """A hash of JSON-able data that does not depend on key order or the Python process."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
+
+
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file as a dict, or a UserError naming the file: `what` says what it should have been."""
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{what} {path} is not valid TOML: {exc}") from None

@@ -8,6 +8,7 @@ warm-up steps are undone. Every ending — ok, over the cap, diverged, interrupt
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import random
@@ -24,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import harness
-from harness import artifact, hardware, hooks
+from harness import artifact, checkpoint, hardware, hooks
 from harness.budget import Budget
 from harness.config import as_dict, stable_hash
 from harness.data.datasets import default_data_root, resolve_dataset
@@ -53,6 +54,8 @@ class RunSpec:
     max_steps: int | None = None     # overrides the budget's step cap (tests, quick checks)
     quiet: bool = False
     note: str | None = None          # free text kept in the record (what this run is for)
+    resume: bool = False             # continue from the run folder's checkpoint with the clock it had left
+    sweep: dict | None = None        # {"name", "params"}: the sweep this run belongs to, kept in the record
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def config_hash(self) -> str:
@@ -83,6 +86,15 @@ class Log:
             self.file.write(msg + "\n")
         else:
             self.pending.append(msg)
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
+_stop = {"requested": False}
+
+
+def request_checkpoint() -> None:
+    """Ask the running loop to save a checkpoint and stop at the next step boundary (signal-handler safe)."""
+    _stop["requested"] = True
 
 
 def setup_distributed(device_kind: str) -> tuple[int, int, int]:
@@ -139,6 +151,7 @@ def wrap_for_training(scored, model, use_compile: bool, world_size: int, device:
 def run(spec: RunSpec) -> dict:
     # ------------------------------------------------------------------ SETUP
     t_start = harness.PROCESS_START
+    _stop["requested"] = False
     b, c = spec.budget, spec.config
     device_kind = spec.device or b.device
     rank, world_size, local_rank = setup_distributed(device_kind)
@@ -198,6 +211,7 @@ def run(spec: RunSpec) -> dict:
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "config_hash": config_hash, "status": "running",
         "variant": spec.variant.name, "preset": spec.preset, "config": as_dict(c), "seed": spec.seed,
         "budget_name": b.name, "budget": b.to_dict(), "command": spec.command, "note": spec.note,
+        "sweep": spec.sweep,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **hardware.git_state(),
         "environment": hardware.environment(device, world_size),
         "hardware_matches_budget": device.type == b.device and world_size == b.device_count,
@@ -210,10 +224,13 @@ def run(spec: RunSpec) -> dict:
     }
     if "entropy_bits_per_byte" in dataset.meta:
         record["dataset_entropy_bits_per_byte"] = dataset.meta["entropy_bits_per_byte"]
+    if spec.resume:  # the first attempt's start and every resumption stay in the record
+        first = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        record.update(started_at=first["started_at"], resumed=first.get("resumed", []))
     if master:
-        if run_dir.exists():
+        if run_dir.exists() and not spec.resume:
             raise UserError(f"results directory {run_dir} already exists; choose another --run-id")
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=spec.resume)
         log.open(run_dir / "log.txt")
         write_json_atomic(run_dir / "run.json", record)
     log(f"run {run_id}: {spec.variant.name}{':' + spec.preset if spec.preset else ''} under {b.name} | "
@@ -272,6 +289,8 @@ def run(spec: RunSpec) -> dict:
             write_json_atomic(run_dir / "run.json", record)
             if curve:
                 write_curve(run_dir / "curve.jsonl", curve)
+            if final_status != "interrupted":  # finished: the clock is spent, nothing to resume
+                (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
     try:
         # ------------------------------------------------------------------ WARM-UP (untimed, undone)
@@ -289,9 +308,18 @@ def run(spec: RunSpec) -> dict:
         sync()
         record["warmup_seconds"] = time.perf_counter() - t_warm
         log(f"warm-up: {b.warmup_steps} steps in {record['warmup_seconds']:.1f}s (not charged; state restored)")
+        if spec.resume:
+            progress = checkpoint.load(run_dir / CHECKPOINT_FILE, model, optimizers, loader)
+            step, training_ms, curve = progress["step"], progress["training_ms"], progress["curve"]
+            val_seconds_in_training = progress["val_seconds_in_training"]
+            record["resumed"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": step,
+                                      "train_seconds": training_ms / 1000.0})
+            log(f"resumed at step {step} with {max(cap_ms - training_ms, 0) / 1000:.1f}s of the clock left")
 
         # ------------------------------------------------------------------ TRAIN LOOP (timed)
-        next_log_ms, next_val_ms = 1000.0 * b.log_every_seconds, 1000.0 * b.val_every_seconds or math.inf
+        next_log_ms = (training_ms // (1000.0 * b.log_every_seconds) + 1) * 1000.0 * b.log_every_seconds
+        next_val_ms = ((training_ms // (1000.0 * b.val_every_seconds) + 1) * 1000.0 * b.val_every_seconds
+                       if b.val_every_seconds else math.inf)
         t0 = time.perf_counter()
         while step < max_steps:
             elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
@@ -299,11 +327,12 @@ def run(spec: RunSpec) -> dict:
             step += 1
             elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
             # One all-reduce per step: the global batch's mean loss, and whether any rank hit the cap.
-            shared = torch.stack([train_loss.float(), torch.tensor(float(elapsed_ms >= cap_ms), device=device)])
+            flags = torch.tensor([float(elapsed_ms >= cap_ms), float(_stop["requested"])], device=device)
+            shared = torch.cat([train_loss.float().reshape(1), flags])
             if distributed:
                 dist.all_reduce(shared)
                 shared[0] /= world_size
-            loss_value, reached_cap = shared.tolist()
+            loss_value, reached_cap, stop_requested = shared.tolist()
             curve.append({"step": step, "seconds": elapsed_ms / 1000.0, "tokens": step * b.tokens_per_step,
                           "train_loss": loss_value if math.isfinite(loss_value) else None})
             if not math.isfinite(loss_value):
@@ -311,6 +340,15 @@ def run(spec: RunSpec) -> dict:
                 log(f"step {step}: train loss is {loss_value}; stopping (diverged)")
                 break
             done = reached_cap > 0 or step >= max_steps
+            if stop_requested > 0 and not done:
+                if master:
+                    checkpoint.save(run_dir / CHECKPOINT_FILE, model, optimizers, loader, {
+                        "step": step, "training_ms": elapsed_ms, "curve": curve,
+                        "val_seconds_in_training": val_seconds_in_training})
+                status = "interrupted"
+                log(f"stopped at step {step} on request; checkpoint saved, resumable with "
+                    f"{(cap_ms - elapsed_ms) / 1000:.1f}s of the clock left")
+                break
             if elapsed_ms >= next_log_ms or done or step == 1:
                 tps = step * b.tokens_per_step / (elapsed_ms / 1000.0)
                 log(f"step {step} | loss {loss_value:.4f} | {tps / 1000:.1f}k tok/s | "

@@ -33,7 +33,9 @@ def test_smoke_run_learns_far_below_the_unigram_entropy(tmp_path):
     missing = [f for f in REQUIRED_FIELDS if f not in record]
     assert not missing, f"record lacks {missing}"
     assert record["status"] == "ok" and record["steps"] > 50
-    assert 59.0 <= record["train_seconds"] <= 62.0
+    # The clock stops at the first step that reaches 60 s: the overshoot is at most that one step.
+    last_step_seconds = record["curve"][-1]["seconds"] - record["curve"][-2]["seconds"]
+    assert 60.0 <= record["train_seconds"] <= 60.0 + last_step_seconds + 0.05
     assert record["environment"]["torch"] and record["environment"]["device_type"] == "cpu"
     assert record["artifact_total_bytes"] == record["artifact_model_bytes"] + record["artifact_code_bytes"]
     assert (results / record["run_id"] / "model.int8.ptz").stat().st_size == record["artifact_model_bytes"]

@@ -1,0 +1,276 @@
+"""`python -m harness sweep` and `status`: a plan of runs → an executor → records in results/.
+
+The plan (spec.py) is saved as results/sweeps/<name>.json — the runs and every submission — written only by
+the sweep command, so jobs never share a file. Re-running a sweep re-plans it, skips runs whose record says
+they finished, leaves alone runs whose job is still queued or running, and submits the rest (missing,
+failed, interrupted: an interrupted run with a checkpoint resumes with the clock it had left).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.results import write_json_atomic
+from harness.sweep.job import FINISHED, previous_status
+from harness.sweep.spec import Sweep
+
+EXECUTORS = ("debug", "local", "slurm")
+ACTIVE_SLURM = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+                "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    max_concurrent: int = 32
+    margin_minutes: float = 10.0
+
+
+def state_file(results_dir: Path, name: str) -> Path:
+    return Path(results_dir) / "sweeps" / f"{name}.json"
+
+
+def load_state(results_dir: Path, name: str) -> dict:
+    path = state_file(results_dir, name)
+    if not path.exists():
+        known = sorted(p.stem for p in (Path(results_dir) / "sweeps").glob("*.json"))
+        raise UserError(f"no sweep {name!r} in {results_dir}/sweeps; known: {', '.join(known) or 'none'}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_state(sweep: Sweep, results_dir: Path, previous: dict | None) -> Path:
+    path = state_file(results_dir, sweep.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"name": sweep.name, "source": sweep.source, "results_dir": str(Path(results_dir).resolve()),
+             "runs": [r.to_dict() for r in sweep.runs],
+             "submissions": (previous or {}).get("submissions", []),
+             "created_at": (previous or {}).get("created_at", now()), "updated_at": now()}
+    write_json_atomic(path, state)
+    return path
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """job id → SLURM state for the jobs squeue still knows (queued, running, requeued, …)."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        job, _, state = line.strip().partition(" ")
+        states[job] = state
+    return states
+
+
+def run_states(state: dict) -> dict[str, dict]:
+    """run id → {"state", "reason", "job", "log"} from the results store and SLURM."""
+    results_dir = Path(state["results_dir"])
+    last = {s["run_id"]: s for s in state["submissions"]}
+    queue = slurm_states([s["job_id"] for s in last.values() if s.get("executor") == "slurm"])
+    out = {}
+    for plan in state["runs"]:
+        run_id = plan["run_id"]
+        sub = last.get(run_id, {})
+        record_status = previous_status(results_dir / run_id)
+        job_state = queue.get(str(sub.get("job_id")))
+        if record_status in FINISHED:
+            kind, reason = ("done", record_status) if record_status != "diverged" else ("done", "diverged")
+        elif job_state in ACTIVE_SLURM:
+            kind, reason = ("running" if job_state == "RUNNING" else "pending"), job_state.lower()
+        elif record_status == "running" and sub.get("executor") != "slurm" and record_is_fresh(results_dir / run_id):
+            kind, reason = "running", "running"
+        elif record_status in ("failed", "interrupted") or (record_status == "running" and job_state is None
+                                                             and sub):
+            kind, reason = "failed", failure_reason(results_dir / run_id, record_status)
+        elif sub and sub.get("executor") == "slurm":
+            kind, reason = "failed", "job ended without a record (see its SLURM log)"
+        else:
+            kind, reason = "missing", "not submitted yet"
+        out[run_id] = {"state": kind, "reason": reason, "job": sub.get("job_id"),
+                       "log": sub.get("log") or str(results_dir / run_id / "log.txt")}
+    return out
+
+
+def record_is_fresh(run_dir: Path, seconds: float = 600) -> bool:
+    try:
+        return time.time() - (run_dir / "run.json").stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
+def failure_reason(run_dir: Path, status: str | None) -> str:
+    try:
+        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no record"
+    if status == "interrupted":
+        resumable = (run_dir / "checkpoint.pt").exists()
+        return f"interrupted at step {record.get('steps')}" + (" (checkpoint: resumes)" if resumable else "")
+    if status == "running":
+        return "its job is gone (killed without a chance to record)"
+    return str(record.get("error") or status)
+
+
+def time_limit_minutes(budget, margin_minutes: float) -> int:
+    """Training clock + evaluations (during training, final and round trip) + start-up, plus a margin."""
+    evals = max(2, 2 + int(budget.train_wallclock_seconds // max(budget.val_every_seconds, 1))
+                if budget.val_every_seconds else 2)
+    seconds = budget.train_wallclock_seconds + evals * budget.eval_seconds_limit + 120
+    return math.ceil(seconds / 60 * 1.1 + margin_minutes)
+
+
+def submit(sweep: Sweep, results_dir: Path, executor: str, parallel: int = 1,
+           slurm: SlurmOptions | None = None, dry_run: bool = False, echo=print) -> dict:
+    """Plan → state file → submit what is not finished or in flight. Returns the updated state."""
+    previous = None
+    path = state_file(results_dir, sweep.name)
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    state_path = save_state(sweep, results_dir, previous) if not dry_run else path
+    state = json.loads(state_path.read_text(encoding="utf-8")) if not dry_run else {
+        "name": sweep.name, "results_dir": str(results_dir), "runs": [r.to_dict() for r in sweep.runs],
+        "submissions": (previous or {}).get("submissions", [])}
+    states = run_states(state)
+    todo = [r for r in sweep.runs if states[r.run_id]["state"] in ("missing", "failed")]
+    counts = {k: sum(1 for s in states.values() if s["state"] == k) for k in ("done", "running", "pending")}
+    echo(f"sweep {sweep.name}: {len(sweep.runs)} runs — {counts['done']} done, "
+         f"{counts['running'] + counts['pending']} in flight, {len(todo)} to run ({executor})")
+    if dry_run:
+        for r in sweep.runs:
+            mark = "run " if r in todo else states[r.run_id]["state"]
+            params = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.params.items())
+            echo(f"  {mark:<8} {r.run_id}  {r.variant}{':' + r.preset if r.preset else ''} --budget {r.budget} "
+                 f"--seed {r.seed} {params}".rstrip())
+        return state
+    if not todo:
+        return state
+    submissions = {"debug": run_debug, "local": run_local, "slurm": run_slurm}[executor](
+        todo, state_path, Path(state["results_dir"]), parallel=parallel, slurm=slurm or SlurmOptions(), echo=echo)
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    state["submissions"] += submissions
+    state["updated_at"] = now()
+    write_json_atomic(state_path, state)
+    return state
+
+
+def run_debug(todo, state_path: Path, results_dir: Path, echo=print, **_) -> list[dict]:
+    """In this process, one after another: tracebacks reach the terminal (for debugging a plugin)."""
+    from harness.sweep.job import execute
+
+    out = []
+    for n, r in enumerate(todo, 1):
+        out.append({"run_id": r.run_id, "executor": "debug", "job_id": None, "submitted_at": now()})
+        try:
+            status = execute(state_path, r.run_id)
+        except RuntimeError as exc:  # the run recorded itself as failed; go on with the others
+            status = f"failed ({exc})"
+        echo(f"[{n}/{len(todo)}] {r.run_id}: {status}")
+    return out
+
+
+def run_local(todo, state_path: Path, results_dir: Path, parallel: int = 1, echo=print, **_) -> list[dict]:
+    """Subprocesses on this machine, `parallel` at a time; each run's output goes to the sweep's logs/."""
+    logs = state_path.parent / state_path.stem / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    done_count = [0]
+
+    def one(r) -> dict:
+        log = logs / f"{r.run_id}.out"
+        with open(log, "w", encoding="utf-8") as out:
+            code = subprocess.run([sys.executable, "-m", "harness.sweep.job", str(state_path), r.run_id],
+                                  stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        done_count[0] += 1
+        status = previous_status(results_dir / r.run_id) or f"no record (exit {code.returncode})"
+        echo(f"[{done_count[0]}/{len(todo)}] {r.run_id}: {status}")
+        return {"run_id": r.run_id, "executor": "local", "job_id": None, "submitted_at": now(), "log": str(log)}
+
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        return list(pool.map(one, todo))
+
+
+def run_slurm(todo, state_path: Path, results_dir: Path, slurm: SlurmOptions, echo=print, **_) -> list[dict]:
+    """One submitit job array per budget (a budget fixes the resources); returns at once."""
+    import submitit
+
+    from harness.budget import load_budget
+    from harness.sweep.job import SlurmRun
+
+    folder = state_path.parent / state_path.stem / "slurm"
+    out = []
+    by_budget: dict[str, list] = {}
+    for r in todo:
+        by_budget.setdefault(r.budget, []).append(r)
+    for budget_name, runs in by_budget.items():
+        budget = load_budget(budget_name)
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+        gpus = budget.device_count if budget.device == "cuda" else 0
+        params = {"timeout_min": time_limit_minutes(budget, slurm.margin_minutes), "nodes": 1,
+                  "tasks_per_node": budget.device_count, "slurm_array_parallelism": slurm.max_concurrent,
+                  "slurm_signal_delay_s": 120, "name": f"golf-{state_path.stem}"}
+        if gpus:
+            params["gpus_per_node"] = gpus
+        if slurm.cpus_per_task:
+            params["cpus_per_task"] = slurm.cpus_per_task
+        if slurm.mem_gb:
+            params["mem_gb"] = slurm.mem_gb
+        for key in ("partition", "account", "qos"):
+            if getattr(slurm, key):
+                params[f"slurm_{key}"] = getattr(slurm, key)
+        executor.update_parameters(**params)
+        with executor.batch():
+            jobs = [executor.submit(SlurmRun(str(state_path), r.run_id)) for r in runs]
+        for r, job in zip(runs, jobs):
+            out.append({"run_id": r.run_id, "executor": "slurm", "job_id": str(job.job_id), "submitted_at": now(),
+                        "log": str(Path(str(job.paths.stdout).replace("%t", "0")))})
+        echo(f"submitted {len(runs)} runs of budget {budget_name} as SLURM array {jobs[0].job_id.split('_')[0]} "
+             f"(time limit {params['timeout_min']} min, {budget.device_count} task(s) per job)")
+    return out
+
+
+def follow(name: str, results_dir: Path, poll_seconds: float = 10.0, echo=print) -> int:
+    """A progress bar until no run is pending or running; then the report. Exit 1 if any run failed."""
+    state = load_state(results_dir, name)
+    last = ""
+    while True:
+        states = run_states(state)
+        counts = {k: sum(1 for s in states.values() if s["state"] == k)
+                  for k in ("done", "running", "pending", "failed", "missing")}
+        total = len(states)
+        filled = int(30 * counts["done"] / total) if total else 30
+        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {counts['done']}/{total} done, {counts['running']} running, "
+                f"{counts['pending']} pending, {counts['failed']} failed")
+        if sys.stdout.isatty():
+            print("\r" + line, end="", flush=True)
+        elif line != last:  # a log file gets a line per change, not one per poll
+            echo(line)
+        last = line
+        if counts["running"] + counts["pending"] == 0:
+            break
+        time.sleep(poll_seconds)
+    if sys.stdout.isatty():
+        print()
+    from harness.report import build_report
+
+    built = build_report(results_dir, Path(results_dir).resolve().parent / "reports" / f"{name}.html")
+    echo(f"report: {built.index}")
+    return 1 if counts["failed"] or counts["missing"] else 0

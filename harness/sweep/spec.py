@@ -1,0 +1,162 @@
+"""Sweep specs: a TOML file or a command-line grid → the list of runs it stands for.
+
+    name = "example"
+    budget = "smoke"
+    seeds = [1, 2]                              # or a count: seeds = 3 → 1, 2, 3
+    [[runs]]
+    variant = "eigenweight"
+    presets = ["r64", "r128"]                   # optional; default: the family's defaults
+    grid = { matrix_lr = [0.02, 0.04] }         # optional; every combination
+    params = { warmdown_steps = 100 }           # optional; the same for every run of this entry
+
+Every run is resolved exactly as `run` resolves its flags (same validation, same errors), and its id is a pure
+function of what it runs — variant, resolved config, budget and seed — so planning twice gives the same ids
+and a re-run finds the records of the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import read_toml
+from harness.errors import UserError
+
+ENTRY_KEYS = {"variant", "preset", "presets", "grid", "params", "seeds", "budget"}
+TOP_KEYS = {"name", "budget", "seeds", "runs", "description"}
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    variant: str
+    preset: str | None
+    params: dict[str, Any]          # flags given to the variant (the grid point and the fixed params)
+    swept: dict[str, Any]           # what varies across the sweep: preset and grid values
+    seed: int
+    budget: str                     # budget name or path, as the spec gave it
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Sweep:
+    name: str
+    runs: list[PlannedRun] = field(default_factory=list)
+    source: str = ""
+
+
+def as_flag_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def seeds_of(value: Any, where: str) -> list[int]:
+    if isinstance(value, bool) or value is None:
+        raise UserError(f"{where}: seeds must be a count or a list of integers, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise UserError(f"{where}: seeds = {value} runs nothing; give a count of at least 1 or a list")
+        return list(range(1, value + 1))
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(dict.fromkeys(value))
+    raise UserError(f"{where}: seeds must be a count or a non-empty list of integers, got {value!r}")
+
+
+def expand(name: str, entries: list[dict], default_budget: str | None, default_seeds: list[int],
+           source: str) -> Sweep:
+    """Entries → PlannedRuns, each resolved and validated like `run` would; duplicates collapse to one."""
+    from harness.budget import load_budget
+    from harness.config import parse_value
+    from harness.registry import get_variant
+    from harness.train import RunSpec
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UserError(f"sweep name {name!r} must be letters, digits, '.', '_' or '-' (it names a file)")
+    sweep = Sweep(name=name, source=source)
+    budgets: dict[str, Any] = {}
+    seen: set[str] = set()
+    for n, entry in enumerate(entries, 1):
+        where = f"{source} run entry {n}"
+        unknown = sorted(set(entry) - ENTRY_KEYS)
+        if unknown:
+            raise UserError(f"{where}: unknown key {unknown[0]!r}; entries take {', '.join(sorted(ENTRY_KEYS))}")
+        if "variant" not in entry:
+            raise UserError(f"{where}: needs variant = \"NAME\"")
+        variant, preset_in_name = get_variant(str(entry["variant"]))
+        presets = entry.get("presets", [entry.get("preset", preset_in_name)])
+        if not isinstance(presets, list) or not presets:
+            raise UserError(f"{where}: presets must be a non-empty list of preset names")
+        grid = entry.get("grid", {})
+        fixed = entry.get("params", {})
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise UserError(f"{where}: grid must map parameter names to non-empty lists of values")
+        if not isinstance(fixed, dict):
+            raise UserError(f"{where}: params must map parameter names to values")
+        budget_name = str(entry.get("budget", default_budget or ""))
+        if not budget_name:
+            raise UserError(f"{where}: no budget; set budget = \"NAME\" at the top of the file or in the entry")
+        if budget_name.endswith(".toml"):  # a budget file: jobs may start elsewhere, so keep an absolute path
+            budget_name = str(Path(budget_name).resolve())
+        budget = budgets.setdefault(budget_name, load_budget(budget_name))
+        seeds = seeds_of(entry["seeds"], where) if "seeds" in entry else default_seeds
+        fields = {f.name for f in dataclasses.fields(variant.config_cls)}
+        for key in [*grid, *fixed]:
+            if key not in fields:
+                raise UserError(f"{where}: {variant.name} has no parameter {key!r} "
+                                f"(python -m harness list shows its parameters)")
+        names = list(grid)
+        for preset in presets:
+            for point in itertools.product(*(grid[k] for k in names)):
+                raw = {**fixed, **dict(zip(names, point))}
+                flags = {k: parse_value(variant.config_cls, k, as_flag_text(v)) for k, v in raw.items()}
+                config = variant.resolve(preset, budget.model, flags, budget.name)
+                swept = {**({"preset": preset} if len(presets) > 1 else {}), **{k: flags[k] for k in names}}
+                for seed in seeds:
+                    spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed)
+                    label = f"{variant.name}{'-' + preset if preset else ''}"
+                    run_id = f"{label}-{budget.name}-s{seed}-{spec.config_hash()[:10]}"
+                    if run_id in seen:
+                        continue
+                    seen.add(run_id)
+                    sweep.runs.append(PlannedRun(run_id=run_id, variant=variant_ref(variant), preset=preset,
+                                                 params=flags, swept=swept, seed=seed, budget=budget_name))
+    return sweep
+
+
+def variant_ref(variant) -> str:
+    """How a job finds the variant again: its registered name, or the path of a plugin file outside variants/."""
+    from harness.registry import known_variant_names
+
+    return variant.name if variant.name in known_variant_names() else str(Path(variant.source_file).resolve())
+
+
+def load_spec_file(path: Path, seeds_override: int | None = None, name: str | None = None) -> Sweep:
+    data = read_toml(path, "sweep file")
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r}; a sweep file takes {', '.join(sorted(TOP_KEYS))}")
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise UserError(f"{path}: no [[runs]] entries")
+    seeds = seeds_of(seeds_override if seeds_override is not None else data.get("seeds", 1), str(path))
+    return expand(name or str(data.get("name", path.stem)), runs, data.get("budget"), seeds, str(path))
+
+
+def parse_grid(words: list[str]) -> dict[str, list[str]]:
+    """`rank=64,128,256` (repeatable) → {"rank": ["64", "128", "256"]}."""
+    grid: dict[str, list[str]] = {}
+    for word in words:
+        key, eq, values = word.partition("=")
+        if not eq or not key or not values:
+            raise UserError(f"--grid {word!r} should look like name=value1,value2")
+        grid[key.strip().replace("-", "_")] = [v.strip() for v in values.split(",") if v.strip()]
+    return grid

@@ -1,0 +1,218 @@
+"""Sweeps: plans that expand and validate like `run`, stable run ids, re-runs that skip what finished and redo
+what did not (one record per run, old attempts kept), checkpoints that resume with the clock left, and the
+same against a real single-node SLURM cluster (submitit job arrays, scancel, requeue, a 2-task job)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import slurm_cluster
+
+from conftest import REPO, harness_cli, write_budget
+from harness import train
+from harness.sweep import job, run_states, save_state, state_file
+from harness.sweep.spec import load_spec_file
+
+
+def records(results: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(results.glob("*/run.json"))}
+
+
+def test_shipped_sweep_files_plan_the_study_and_the_example():
+    study = load_spec_file(REPO / "sweeps" / "thirty-experiments.toml")
+    assert len(study.runs) == 30 and len({r.run_id for r in study.runs}) == 30
+    assert {r.budget for r in study.runs} == {"10min"} and sum(r.variant == "eigenweight" for r in study.runs) == 10
+    example = load_spec_file(REPO / "sweeps" / "example.toml")
+    assert [(r.variant, r.params, r.seed) for r in example.runs] == [
+        ("baseline", {}, 1), ("baseline", {}, 2), ("eigenweight", {"rank": 32}, 1), ("eigenweight", {"rank": 32}, 2),
+        ("eigenweight", {"rank": 64}, 1), ("eigenweight", {"rank": 64}, 2)]
+    again = load_spec_file(REPO / "sweeps" / "example.toml")
+    assert [r.run_id for r in again.runs] == [r.run_id for r in example.runs]  # ids are a function of the run
+    three = load_spec_file(REPO / "sweeps" / "example.toml", seeds_override=3)
+    assert len(three.runs) == 9
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    done = harness_cli("sweep", "sweeps/example.toml", "--dry-run", "--results-dir", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    assert "6 runs — 0 done, 0 in flight, 6 to run" in done.stdout
+    assert done.stdout.count("\n  run ") == 6 and "--rank 64" in done.stdout
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ('budget = "smoke"\n[[runs]]\nvariant = "eigenweight"\ngrid = { rnak = [1, 2] }\n', "has no parameter 'rnak'"),
+    ('budget = "smoke"\nseeds = 0\n[[runs]]\nvariant = "baseline"\n', "seeds = 0 runs nothing"),
+    ('budget = "smoke"\n[[runs]]\nvariant = "eigenweight"\ngrid = { rank = [0] }\n', "--rank"),
+    ('[[runs]]\nvariant = "baseline"\n', "no budget"),
+    ('budget = "smoke"\n[[runs]]\nvariant = "baseline"\nseed = 3\n', "unknown key 'seed'"),
+    ('budget = "smoke"\n', "no [[runs]] entries"),
+])
+def test_bad_sweep_files_are_one_line_errors(tmp_path, content, fragment):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(content)
+    done = harness_cli("sweep", str(spec), "--dry-run", "--results-dir", str(tmp_path / "r"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and fragment in done.stderr, done.stderr
+
+
+def test_command_line_grid_mistakes_are_one_line_errors(tmp_path):
+    done = harness_cli("sweep", "--variant", "eigenweight", "--grid", "rank", "--budget", "smoke", "--dry-run")
+    assert done.returncode == 2 and "should look like name=value1,value2" in done.stderr
+    done = harness_cli("status", "nope", "--results-dir", str(tmp_path))
+    assert done.returncode == 2 and "no sweep 'nope'" in done.stderr
+
+
+@pytest.fixture
+def short_budget(tmp_path) -> Path:
+    return write_budget(tmp_path / "short.toml", train_wallclock_seconds=4, warmup_steps=0)
+
+
+def test_local_sweep_reruns_only_what_did_not_finish(tmp_path, short_budget):
+    results = tmp_path / "results"
+    args = ["sweep", "--variant", "baseline", "--grid", "matrix_lr=0.02,0.04", "--budget", str(short_budget),
+            "--results-dir", str(results), "--name", "lr"]
+    first = harness_cli(*args)
+    assert first.returncode == 0, first.stderr
+    runs = records(results)
+    assert len(runs) == 2 and all(r["status"] == "ok" for r in runs.values())
+    assert sorted(r["sweep"]["params"]["matrix_lr"] for r in runs.values()) == [0.02, 0.04]
+    assert all(r["sweep"]["name"] == "lr" for r in runs.values())
+
+    again = harness_cli(*args)
+    assert "2 done, 0 in flight, 0 to run" in again.stdout and records(results) == runs
+
+    broken_id = sorted(runs)[0]
+    broken = results / broken_id / "run.json"
+    broken.write_text(json.dumps({**runs[broken_id], "status": "failed", "error": "RuntimeError: node lost"}))
+    status = harness_cli("status", "lr", "--results-dir", str(results))
+    assert f"failed   {broken_id}" in status.stdout and "node lost" in status.stdout
+    third = harness_cli(*args)
+    assert "1 done, 0 in flight, 1 to run" in third.stdout, third.stdout
+    after = records(results)
+    assert set(after) == set(runs) and after[broken_id]["status"] == "ok"
+    kept = results / ".attempts" / broken_id / "1" / "run.json"
+    assert json.loads(kept.read_text())["error"] == "RuntimeError: node lost"  # nothing lost, nothing duplicated
+
+
+def test_a_stopped_run_resumes_with_only_the_clock_it_had_left(tmp_path):
+    budget = write_budget(tmp_path / "b.toml", train_wallclock_seconds=6, warmup_steps=0, val_every_seconds=2)
+    results = tmp_path / "results"
+    plan = load_spec_file(write_spec(tmp_path, budget), None)
+    state = save_state(plan, results, None)
+    run_id = plan.runs[0].run_id
+    timer = threading.Timer(3.0, train.request_checkpoint)
+    timer.start()
+    assert job.execute(state, run_id) == "interrupted"
+    first = json.loads((results / run_id / "run.json").read_text())
+    assert (results / run_id / train.CHECKPOINT_FILE).exists() and 1.0 < first["train_seconds"] < 6.0
+    assert run_states(json.loads(state.read_text()))[run_id]["reason"].endswith("(checkpoint: resumes)")
+
+    assert job.execute(state, run_id) == "ok"
+    final = json.loads((results / run_id / "run.json").read_text())
+    assert final["resumed"][0]["step"] == first["steps"]
+    assert 6.0 <= final["train_seconds"] < 6.0 + 2 * final["ms_per_step"] / 1000 + 0.5  # one clock, charged once
+    assert final["started_at"] == first["started_at"] and final["steps"] > first["steps"]
+    steps = [json.loads(line)["step"] for line in (results / run_id / "curve.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, final["steps"] + 1))  # the curve continues, no step lost or repeated
+    assert not (results / run_id / train.CHECKPOINT_FILE).exists()
+
+
+def write_spec(tmp_path: Path, budget: Path, name: str = "resume", runs: str = "") -> Path:
+    spec = tmp_path / f"{name}.toml"
+    spec.write_text(f'name = "{name}"\nbudget = "{budget}"\nseeds = 1\n[[runs]]\nvariant = "baseline"\n{runs}')
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------- real SLURM
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    absent = slurm_cluster.missing()
+    if absent:
+        if os.environ.get("CI"):
+            pytest.fail(f"SLURM packages missing ({', '.join(absent)}); .ci/run installs slurmctld slurmd munge")
+        pytest.skip(f"no SLURM here ({', '.join(absent)} missing): apt-get install slurmctld slurmd munge")
+    c = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm")).start()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(c.conf)
+    yield c
+    c.stop()
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def sweep_states(results: Path, name: str) -> dict:
+    return run_states(json.loads(state_file(results, name).read_text()))
+
+
+def test_slurm_sweep_runs_cancelled_jobs_again_and_requeued_jobs_resume(cluster, tmp_path):
+    budget = write_budget(tmp_path / "b.toml", train_wallclock_seconds=20, warmup_steps=0, val_every_seconds=0)
+    results = tmp_path / "results"
+    spec = write_spec(tmp_path, budget, "slurm3", 'grid = { matrix_lr = [0.02, 0.03, 0.04] }\n')
+    args = ["sweep", str(spec), "--executor", "slurm", "--results-dir", str(results), "--max-concurrent", "2"]
+    t0 = time.perf_counter()
+    first = harness_cli(*args, env={"SLURM_CONF": str(cluster.conf)})
+    assert first.returncode == 0, first.stderr
+    assert time.perf_counter() - t0 < 30 and "submitted 3 runs" in first.stdout  # returns at once
+    queued = sweep_states(results, "slurm3")
+    assert {s["state"] for s in queued.values()} <= {"pending", "running"}, queued  # in flight, not failed
+    state = json.loads(state_file(results, "slurm3").read_text())
+    jobs = {s["run_id"]: s["job_id"] for s in state["submissions"]}
+    cancel_id, requeue_id, _ = sorted(jobs, key=lambda run_id: jobs[run_id])  # the array's first two run first
+
+    def started(run_id):
+        path = results / run_id / "log.txt"
+        return path.exists() and "step 1 |" in path.read_text()
+
+    wait_for(lambda: started(cancel_id) and started(requeue_id), 240, "two runs training")
+    subprocess.run(["scancel", jobs[cancel_id]], env=cluster.env, check=True)
+    subprocess.run(["scancel", "--signal=USR2", jobs[requeue_id]], env=cluster.env, check=True)
+    # A requeued job waits out SLURM's requeue delay (about two minutes); let it start now.
+    wait_for(lambda: (jobs[requeue_id], "PENDING") in cluster.squeue(), 120, "the job to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={jobs[requeue_id]}", "StartTime=now"], env=cluster.env, check=True)
+    wait_for(lambda: all(s["state"] not in ("running", "pending") for s in sweep_states(results, "slurm3").values())
+             and not cluster.squeue(), 400, "every job to end")
+
+    done = records(results)
+    assert done[requeue_id]["status"] == "ok" and len(done[requeue_id]["resumed"]) == 1, done[requeue_id]
+    resumed = done[requeue_id]
+    assert 20.0 <= resumed["train_seconds"] < 20.0 + 2 * resumed["ms_per_step"] / 1000 + 0.5
+    assert done[cancel_id]["status"] == "interrupted"
+    status = harness_cli("status", "slurm3", "--results-dir", str(results), env={"SLURM_CONF": str(cluster.conf)})
+    assert "2 done" in status.stdout and "1 failed" in status.stdout and cancel_id in status.stdout
+
+    again = harness_cli(*args, env={"SLURM_CONF": str(cluster.conf)})
+    assert "2 done, 0 in flight, 1 to run" in again.stdout, again.stdout
+    wait_for(lambda: records(results)[cancel_id]["status"] == "ok", 300, "the cancelled run to finish again")
+    final = records(results)
+    assert len(final) == 3 and all(r["status"] == "ok" for r in final.values())
+
+
+def test_a_two_task_slurm_job_trains_with_distributed_data_parallel(cluster, tmp_path):
+    budget = write_budget(tmp_path / "b2.toml", train_wallclock_seconds=4, warmup_steps=0, device_count=2)
+    results = tmp_path / "results"
+    spec = write_spec(tmp_path, budget, "ddp2")
+    done = harness_cli("sweep", str(spec), "--executor", "slurm", "--results-dir", str(results), "--wait",
+                       env={"SLURM_CONF": str(cluster.conf)}, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (record,) = records(results).values()
+    assert record["status"] == "ok" and record["world_size"] == 2 and record["hardware_matches_budget"]
+    assert (tmp_path / "reports" / "ddp2.html").exists()
