@@ -8,6 +8,7 @@ of the same budget and hardware.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -74,11 +75,27 @@ def format_value(value) -> str:
     return str(value)
 
 
-def key_params(config: dict, reference: dict | None) -> str:
-    """The config values that differ from the reference (the budget's baseline), as `name=value` pairs."""
+def key_params(config: dict, reference: dict | None, variant: str | None = None) -> str:
+    """The config values that differ from the reference (the budget's baseline), as `name=value` pairs; a
+    variant's own fields, which the baseline lacks, only where they differ from that variant's defaults."""
     if reference is None:
         return ""
-    return " ".join(f"{k}={format_value(v)}" for k, v in config.items() if reference.get(k, object()) != v)
+    own = variant_defaults(variant)
+    missing = object()
+    return " ".join(f"{k}={format_value(v)}" for k, v in config.items()
+                    if (reference.get(k, missing) != v if k in reference else own.get(k, missing) != v))
+
+
+@functools.cache
+def variant_defaults(name: str | None) -> dict:
+    """A registered variant's default config as record values ({} for a plugin that cannot be found here)."""
+    try:
+        from harness.config import as_dict
+        from harness.registry import get_variant
+
+        return json.loads(json.dumps(as_dict(get_variant(str(name))[0].config_cls())))
+    except Exception:  # a plugin file from another machine: show every field rather than fail the report
+        return {}
 
 
 def to_run(record: dict, path: Path | None = None) -> Run:
@@ -180,8 +197,9 @@ def build_leaderboards(runs: list[Run]) -> list[Leaderboard]:
         reference = configs.get(baseline_key) if baseline_key else None
         if reference is None:  # no baseline: show what differs from the most common value of each field
             reference = common_values([configs[k] for k in table["config_key"]])
-        table = table.with_columns(pl.Series("params", [key_params(configs[k], reference)
-                                                       for k in table["config_key"]], dtype=pl.Utf8))
+        table = table.with_columns(pl.Series("params", [key_params(configs[k], reference, variant) for k, variant
+                                                       in table.select("config_key", "variant").iter_rows()],
+                                             dtype=pl.Utf8))
         tokens_per_byte = table["tokens_per_byte"].drop_nulls()
         board = Leaderboard(budget=group_key.split("\x1f")[0], hardware=group_key.split("\x1f")[1], table=table,
                             runs=group_runs, baseline_key=baseline_key,
