@@ -216,3 +216,11 @@ def test_a_two_task_slurm_job_trains_with_distributed_data_parallel(cluster, tmp
     (record,) = records(results).values()
     assert record["status"] == "ok" and record["world_size"] == 2 and record["hardware_matches_budget"]
     assert (tmp_path / "reports" / "ddp2.html").exists()
+
+
+def test_sbatch_refusing_the_jobs_is_a_one_line_error(cluster, tmp_path):
+    spec = write_spec(tmp_path, write_budget(tmp_path / "b.toml"), "refused")
+    done = harness_cli("sweep", str(spec), "--executor", "slurm", "--partition", "nosuchpartition",
+                       "--results-dir", str(tmp_path / "r"), env={"SLURM_CONF": str(cluster.conf)})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "sbatch refused the jobs" in done.stderr and "partition" in done.stderr.lower()

@@ -8,11 +8,13 @@ failed, interrupted: an interrupted run with a checkpoint resumes with the clock
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -208,6 +210,19 @@ def run_local(todo, state_path: Path, results_dir: Path, parallel: int = 1, echo
         return list(pool.map(one, todo))
 
 
+@contextlib.contextmanager
+def redirected_stderr(file):
+    """Send this process's file descriptor 2 (where sbatch, run by submitit, writes) to `file` for a while."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run_slurm(todo, state_path: Path, results_dir: Path, slurm: SlurmOptions, echo=print, **_) -> list[dict]:
     """One submitit job array per budget (a budget fixes the resources); returns at once."""
     import submitit
@@ -237,8 +252,21 @@ def run_slurm(todo, state_path: Path, results_dir: Path, slurm: SlurmOptions, ec
             if getattr(slurm, key):
                 params[f"slurm_{key}"] = getattr(slurm, key)
         executor.update_parameters(**params)
-        with executor.batch():
-            jobs = [executor.submit(SlurmRun(str(state_path), r.run_id)) for r in runs]
+        with tempfile.TemporaryFile("w+") as said, redirected_stderr(said):
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(SlurmRun(str(state_path), r.run_id)) for r in runs]
+                error = None
+            except Exception as exc:  # sbatch said no: a wrong partition, account or QOS, a limit
+                error = exc
+            said.seek(0)
+            sbatch_said = said.read()
+        if error is not None:
+            lines = [ln for ln in (sbatch_said + str(error)).splitlines() if "error" in ln.lower()]
+            reason = (lines[0] if lines else str(error).splitlines()[-1]).strip()
+            raise UserError(f"sbatch refused the jobs: {reason} (check --partition, --account, --qos)") from None
+        if sbatch_said.strip():
+            sys.stderr.write(sbatch_said)
         for r, job in zip(runs, jobs):
             out.append({"run_id": r.run_id, "executor": "slurm", "job_id": str(job.job_id), "submitted_at": now(),
                         "log": str(Path(str(job.paths.stdout).replace("%t", "0")))})
