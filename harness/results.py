@@ -54,14 +54,22 @@ def new_run_id(variant: str, budget: str, seed: int, config_hash: str) -> str:
     return f"{stamp}-{variant}-{budget}-s{seed}-{config_hash[:8]}-{os.urandom(2).hex()}"
 
 
-def load_records(results_dir: Path) -> list[dict]:
-    records = []
+def iter_records(results_dir: Path):
+    """(run folder, record) for every readable record; one being replaced right now, or a foreign file, is
+    skipped so a table or report never crashes on it."""
+    import orjson
+
     for path in sorted(Path(results_dir).glob("*/run.json")):
         try:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError):
-            continue  # a record being replaced right now, or a foreign file: skip, never crash the table
-    return records
+            record = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and record.get("run_id"):
+            yield path.parent, record
+
+
+def load_records(results_dir: Path) -> list[dict]:
+    return [record for _, record in iter_records(results_dir)]
 
 
 TABLE_COLUMNS = ["run_id", "variant", "preset", "budget_name", "seed", "status", "val_bpb_post_quant", "val_bpb",

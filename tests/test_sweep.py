@@ -110,7 +110,8 @@ def test_a_stopped_run_resumes_with_only_the_clock_it_had_left(tmp_path):
     timer.start()
     assert job.execute(state, run_id) == "interrupted"
     first = json.loads((results / run_id / "run.json").read_text())
-    assert (results / run_id / train.CHECKPOINT_FILE).exists() and 1.0 < first["train_seconds"] < 6.0
+    # Stopped part-way through the clock (how far depends on how long setup took on this machine).
+    assert (results / run_id / train.CHECKPOINT_FILE).exists() and 0.0 < first["train_seconds"] < 6.0
     assert run_states(json.loads(state.read_text()))[run_id]["reason"].endswith("(checkpoint: resumes)")
 
     assert job.execute(state, run_id) == "ok"

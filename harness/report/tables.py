@@ -18,6 +18,8 @@ from pathlib import Path
 import orjson
 import polars as pl
 
+from harness.results import iter_records
+
 # The challenge accepts a new record only if it beats the current one by at least this much validation loss,
 # shown with p < ACCEPT_P (parameter-golf README, "submission requirements").
 ACCEPT_NATS = 0.005
@@ -113,16 +115,8 @@ def to_run(record: dict, path: Path | None = None) -> Run:
 
 
 def load_runs(results_dir: Path) -> list[Run]:
-    """Every readable run record under results_dir (a record being rewritten right now is skipped)."""
-    runs = []
-    for path in sorted(Path(results_dir).glob("*/run.json")):
-        try:
-            record = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            continue
-        if isinstance(record, dict) and record.get("run_id"):
-            runs.append(to_run(record, path.parent))
-    return runs
+    """Every readable run record under results_dir."""
+    return [to_run(record, run_dir) for run_dir, record in iter_records(results_dir)]
 
 
 def runs_frame(runs: list[Run]) -> pl.DataFrame:

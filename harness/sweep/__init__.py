@@ -96,7 +96,7 @@ def run_states(state: dict) -> dict[str, dict]:
         record_status = previous_status(results_dir / run_id)
         job_state = queue.get(str(sub.get("job_id")))
         if record_status in FINISHED:
-            kind, reason = ("done", record_status) if record_status != "diverged" else ("done", "diverged")
+            kind, reason = "done", record_status
         elif job_state in ACTIVE_SLURM:
             kind, reason = ("running" if job_state == "RUNNING" else "pending"), job_state.lower()
         elif record_status == "running" and sub.get("executor") != "slurm" and record_is_fresh(results_dir / run_id):
