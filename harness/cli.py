@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run | list | show | data | results | report | sweep | status`.
+"""Command line: `python -m harness run | list | show | data | results | report | sweep | status | tune`.
 
 Parsing turns words into a RunSpec; every user mistake becomes one line on stderr and exit code 2. Variant
 parameters are not declared here: they are derived from the variant's config dataclass, so a new field is a
@@ -65,7 +65,9 @@ def build_parser() -> Parser:
     run = sub.add_parser("run", help="train one variant under a budget and record the result",
                          description="Any other --name value pair sets a parameter of the variant's config.")
     run.add_argument("--variant", required=True, help="family name, name:preset, or path to a plugin .py file")
-    run.add_argument("--preset", help="a named configuration of the variant")
+    run.add_argument("--preset", help="a named configuration of the variant (or of --preset-file)")
+    run.add_argument("--preset-file", type=Path, help="a TOML file of [presets.NAME] tables, such as the one tune "
+                                                      "writes (default preset: best)")
     run.add_argument("--budget", required=True, help="budget name (budgets/NAME.toml) or path to a .toml file")
     run.add_argument("--seed", type=int, default=1337)
     run.add_argument("--run-id", help="name of the results folder (default: time, variant, budget, seed, hash)")
@@ -122,29 +124,77 @@ def build_parser() -> Parser:
     sw.add_argument("--name", help="sweep name (default: the file's name, or VARIANT-BUDGET)")
     sw.add_argument("--executor", choices=("debug", "local", "slurm"), default="local")
     sw.add_argument("--parallel", type=int, default=1, help="local executor: runs at a time")
-    sw.add_argument("--partition", help="SLURM partition")
-    sw.add_argument("--account", help="SLURM account")
-    sw.add_argument("--qos", help="SLURM QOS")
-    sw.add_argument("--cpus-per-task", type=int, help="SLURM CPUs per task")
-    sw.add_argument("--mem-gb", type=float, help="SLURM memory per node, GB")
+    add_slurm_flags(sw, "SLURM: added to the budget's time limit")
     sw.add_argument("--max-concurrent", type=int, default=32, help="SLURM array: jobs running at once")
-    sw.add_argument("--margin-minutes", type=float, default=10.0, help="SLURM: added to the budget's time limit")
     sw.add_argument("--dry-run", action="store_true", help="print the plan and what would be submitted")
     sw.add_argument("--wait", action="store_true", help="follow progress until every run ends, then build the report")
     sw.add_argument("--results-dir", type=Path, help="where run folders go (default: results/)")
 
-    st = sub.add_parser("status", help="a sweep's runs: done, running, pending, failed (with reason and log)")
-    st.add_argument("sweep", help="sweep name (results/sweeps/NAME.json)")
+    tu = sub.add_parser("tune", help="search a variant's hyperparameters with Optuna; each trial is a run",
+                        description="Any other --name value pair fixes a parameter of the variant for every trial.")
+    tu.add_argument("--variant", required=True, help="family name, name:preset, or path to a plugin .py file")
+    tu.add_argument("--preset", help="start every trial from this preset of the variant")
+    tu.add_argument("--budget", required=True, help="budget every trial trains under (one device)")
+    tu.add_argument("--trials", type=int, default=20, help="trials that complete, prune or fail on their own")
+    tu.add_argument("--objectives", default="val_bpb",
+                    help="val_bpb (TPE), or val_bpb plus artifact_bytes and/or tokens_per_second (NSGA-II)")
+    tu.add_argument("--search", action="append", default=[], metavar="NAME=SPEC",
+                    help="add or narrow a dimension: NAME=LOW..HIGH, NAME=LOW..HIGH:log, NAME=A,B,C (repeatable)")
+    tu.add_argument("--only", help="comma-separated dimensions to keep (the rest of the space keeps defaults)")
+    tu.add_argument("--pruner", choices=("median", "hyperband", "none"),
+                    help="median (default for one objective), hyperband, none")
+    tu.add_argument("--report-at", default="0.25,0.5,0.75",
+                    help="fractions of the budget at which trials report val_bpb to the pruner")
+    tu.add_argument("--storage", help="sqlite (default), journal (default on SLURM), a .db/.journal file, or a "
+                                      "database URL")
+    tu.add_argument("--name", help="study name (default: VARIANT-BUDGET); re-running a name resumes it")
+    tu.add_argument("--executor", choices=("local", "slurm"), default="local")
+    tu.add_argument("--workers", type=int, default=1, help="trials running at once (local processes or SLURM jobs)")
+    tu.add_argument("--seed", type=int, default=1337, help="training seed of every trial")
+    tu.add_argument("--sampler-seed", type=int, help="seed of the sampler (worker k uses seed + k)")
+    tu.add_argument("--max-steps", type=int, help="cap every trial's steps (quick studies, tests)")
+    tu.add_argument("--reeval-top", type=int, default=0, help="re-run the best K configurations over more seeds")
+    tu.add_argument("--reeval-seeds", type=int, default=3,
+                    help="seeds per re-evaluated configuration, its own included")
+    tu.add_argument("--heartbeat-grace", type=float, default=120.0,
+                    help="seconds without a heartbeat before a trial's worker counts as lost")
+    add_slurm_flags(tu, "SLURM: added to each worker's time limit")
+    tu.add_argument("--time-minutes", type=int, help="SLURM: each worker's time limit (default: its share of trials)")
+    tu.add_argument("--wait", action="store_true", help="SLURM: follow the study until it ends, then write the outcome")
+    tu.add_argument("--dry-run", action="store_true", help="print the study's settings and search space, run nothing")
+    tu.add_argument("--results-dir", type=Path, help="where run folders and studies/ go (default: results/)")
+
+    st = sub.add_parser("status", help="a sweep's runs or a study's trials: done, running, failed (with reasons)")
+    st.add_argument("sweep", help="sweep or study name (results/sweeps/NAME.json, results/studies/NAME.json)")
     st.add_argument("--results-dir", type=Path)
     return parser
+
+
+def add_slurm_flags(parser: argparse.ArgumentParser, margin_help: str) -> None:
+    parser.add_argument("--partition", help="SLURM partition")
+    parser.add_argument("--account", help="SLURM account")
+    parser.add_argument("--qos", help="SLURM QOS")
+    parser.add_argument("--cpus-per-task", type=int, help="SLURM CPUs per task")
+    parser.add_argument("--mem-gb", type=float, help="SLURM memory per node, GB")
+    parser.add_argument("--margin-minutes", type=float, default=10.0, help=margin_help)
+
+
+def slurm_options(args: argparse.Namespace):
+    from harness.sweep import SlurmOptions
+
+    return SlurmOptions(partition=args.partition, account=args.account, qos=args.qos, cpus_per_task=args.cpus_per_task,
+                        mem_gb=args.mem_gb, max_concurrent=getattr(args, "max_concurrent", 32),
+                        margin_minutes=args.margin_minutes)
 
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def resolve_variant(variant_arg: str, preset_arg: str | None, budget, extra: list[str]):
-    """(variant, preset, flags, config) from `--variant name[:preset]`, `--preset` and the remaining flags."""
+def resolve_variant(variant_arg: str, preset_arg: str | None, budget, extra: list[str],
+                    preset_file: Path | None = None):
+    """(variant, preset, flags, config) from `--variant name[:preset]`, `--preset`, `--preset-file` and the
+    remaining flags."""
     from harness.registry import get_variant
 
     variant, preset = get_variant(variant_arg)
@@ -152,8 +202,31 @@ def resolve_variant(variant_arg: str, preset_arg: str | None, budget, extra: lis
         raise UserError(f"two presets given: {variant_arg} and --preset {preset_arg}; keep one")
     preset = preset_arg or preset
     flags = parse_config_flags(variant.config_cls, extra)
-    config = variant.resolve(preset, budget.model if budget else None, flags, budget.name if budget else "budget")
+    values = None
+    if preset_file is not None:
+        preset, values = load_preset_file(preset_file, variant, preset)
+    config = variant.resolve(preset, budget.model if budget else None, flags, budget.name if budget else "budget",
+                             values)
     return variant, preset, flags, config
+
+
+def load_preset_file(path: Path, variant, name: str | None) -> tuple[str, dict]:
+    """A preset file (`tune` writes results/studies/NAME.presets.toml) → ("study/name", its values)."""
+    from harness.config import read_toml
+    from harness.registry import get_variant
+
+    data = read_toml(path, "preset file")
+    presets = data.get("presets")
+    if not isinstance(presets, dict) or not presets or not all(isinstance(v, dict) for v in presets.values()):
+        raise UserError(f"preset file {path} has no [presets.NAME] tables")
+    if "variant" in data and get_variant(str(data["variant"]))[0].name != variant.name:
+        raise UserError(f"preset file {path} is for variant {data['variant']!r}, not {variant.name!r}; "
+                        f"pass --variant {Path(str(data['variant'])).stem}")
+    name = name or ("best" if "best" in presets else next(iter(presets)) if len(presets) == 1 else None)
+    if name not in presets:
+        raise UserError(f"preset file {path} has no preset {name!r}; presets: {', '.join(presets)} "
+                        f"(pick one with --preset)")
+    return f"{data.get('study', path.stem)}/{name}", presets[name]
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -161,7 +234,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.train import RunSpec, run
 
     budget = load_budget(args.budget)
-    variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra)
+    variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra, args.preset_file)
     if args.run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_id):
         raise UserError(f"--run-id {args.run_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
     if args.max_steps is not None and args.max_steps < 1:
@@ -204,6 +277,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             print("  parameters:")
             for f in own:
                 print(flag_line(f, getattr(defaults, f.name)))
+        if variant.space:
+            from harness.tune.space import describe
+
+            print(f"  search space (tune; plus the optimizer's): {'; '.join(describe(variant.space))}")
         for preset, values in variant.presets.items():
             text = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple | list) else v}"
                             for k, v in values.items())
@@ -341,9 +418,7 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
         name = args.name or f"{variant.name}-{Path(args.budget).stem}"
         plan = expand(name, [entry], args.budget, list(range(1, (args.seeds or 1) + 1)), "command line")
     results_dir = args.results_dir or default_results_dir()
-    options = sw.SlurmOptions(partition=args.partition, account=args.account, qos=args.qos,
-                              cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, max_concurrent=args.max_concurrent,
-                              margin_minutes=args.margin_minutes)
+    options = slurm_options(args)
     if args.executor == "slurm" and not args.dry_run:
         import shutil
 
@@ -355,11 +430,56 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness.budget import load_budget
+    from harness.results import default_results_dir
+    from harness.tune import launch
+    from harness.tune import study as st
+
+    budget = load_budget(args.budget)
+    variant, preset, fixed, _ = resolve_variant(args.variant, args.preset, budget, extra)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.reeval_top < 0 or args.reeval_seeds < 1:
+        raise UserError("--reeval-top must be 0 or more and --reeval-seeds at least 1")
+    results_dir = args.results_dir or default_results_dir()
+    settings = launch.plan_study(args, fixed, variant, preset, budget, results_dir)
+    if args.dry_run:
+        print(launch.describe(settings, st.Tally()))
+        return 0
+    if args.executor == "slurm":
+        import shutil
+
+        if shutil.which("sbatch") is None:
+            raise UserError("--executor slurm needs SLURM's sbatch on PATH; use --executor local on this machine")
+    path = st.save_settings(settings)
+    study = st.open_study(settings)
+    print(launch.describe(settings, st.tally(study)), flush=True)
+    slurm = slurm_options(args)
+    if args.executor == "local":
+        launch.run_local(path, settings, args.workers)
+    else:
+        launch.run_slurm(path, settings, args.workers, slurm, args.time_minutes)
+        if not args.wait and not launch.is_done(settings):
+            import shlex
+
+            print(f"follow with: python -m harness {shlex.join(sys.argv[1:])} --wait")
+            return 0
+        launch.follow(path, settings, args.workers, slurm, args.time_minutes)
+    return launch.finish(st.load_settings(path), args.reeval_top, args.reeval_seeds, args.executor, args.workers,
+                         slurm)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from harness import sweep as sw
     from harness.results import default_results_dir
+    from harness.tune import launch
+    from harness.tune import study as st
 
     results_dir = args.results_dir or default_results_dir()
+    if st.settings_file(results_dir, args.sweep).exists():
+        print(launch.study_status(st.load_settings(st.settings_file(results_dir, args.sweep))))
+        return 0
     state = sw.load_state(results_dir, args.sweep)
     states = sw.run_states(state)
     counts: dict[str, int] = {}
@@ -383,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_show(args, extra)
         if args.command == "sweep":
             return cmd_sweep(args, extra)
+        if args.command == "tune":
+            return cmd_tune(args, extra)
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         return {"list": cmd_list, "data": cmd_data, "results": cmd_results,

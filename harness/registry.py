@@ -32,19 +32,23 @@ class Variant:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     doc: str = ""
     source_file: Path | None = None
+    space: dict[str, Any] = field(default_factory=dict)  # harness.tune.space dimensions over config fields
 
     def resolve(self, preset: str | None = None, budget_overrides: dict[str, Any] | None = None,
-                flags: dict[str, Any] | None = None, budget_name: str = "budget") -> Any:
-        """Defaults → the budget's model overrides → a preset → command-line flags, validated at each layer."""
+                flags: dict[str, Any] | None = None, budget_name: str = "budget",
+                preset_values: dict[str, Any] | None = None) -> Any:
+        """Defaults → the budget's model overrides → a preset → command-line flags, validated at each layer.
+        `preset_values`: the preset's values from a preset file instead of the variant's own presets."""
         config = self.config_cls()
         validate(config)
         if budget_overrides:
             config = replace(config, budget_overrides, f"budget {budget_name} [model]")
         if preset:
-            if preset not in self.presets:
+            if preset_values is None and preset not in self.presets:
                 known = ", ".join(sorted(self.presets)) or "none"
                 raise UserError(f"variant {self.name!r} has no preset {preset!r}; presets: {known}")
-            config = replace(config, self.presets[preset], f"preset {self.name}:{preset}")
+            values = self.presets[preset] if preset_values is None else preset_values
+            config = replace(config, values, f"preset {self.name}:{preset}")
         if flags:
             config = replace(config, flags, "command line")
         if hasattr(config, "check"):
@@ -56,15 +60,19 @@ _REGISTRY: dict[str, Variant] = {}
 
 
 def register(name: str, config: type, build: Callable[[Any], nn.Module], presets: dict | None = None,
-             doc: str = "") -> Variant:
-    """Called once by each variant file: its family name, config dataclass, builder and named presets."""
+             doc: str = "", space: dict | None = None) -> Variant:
+    """Called once by each variant file: its family name, config dataclass, builder, named presets and the
+    search space `tune` explores (on top of the optimizer's; see harness/tune/space.py)."""
+    from harness.tune.space import check
+
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"variant {name!r}: config must be a dataclass")
+    check(dict(space or {}), config, f"variant {name}")
     caller = Path(sys._getframe(1).f_globals.get("__file__", "")).resolve()
     existing = _REGISTRY.get(name)
     if existing is not None and existing.source_file != caller:
         raise UserError(f"variant {name!r} is registered twice: {existing.source_file} and {caller}")
-    variant = Variant(name, config, build, dict(presets or {}), doc, caller)
+    variant = Variant(name, config, build, dict(presets or {}), doc, caller, dict(space or {}))
     _REGISTRY[name] = variant
     return variant
 

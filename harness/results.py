@@ -17,7 +17,7 @@ from harness import REPO_ROOT
 
 SCHEMA_VERSION = 1
 CURVE_POINTS = 256  # steps kept in run.json's curve (plus every validation point); curve.jsonl keeps them all
-STATUSES = ("running", "ok", "over_cap", "over_eval_limit", "diverged", "interrupted", "failed")
+STATUSES = ("running", "ok", "over_cap", "over_eval_limit", "diverged", "pruned", "interrupted", "failed")
 
 
 def default_results_dir() -> Path:

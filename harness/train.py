@@ -15,6 +15,7 @@ import random
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ class RunSpec:
     note: str | None = None          # free text kept in the record (what this run is for)
     resume: bool = False             # continue from the run folder's checkpoint with the clock it had left
     sweep: dict | None = None        # {"name", "params"}: the sweep this run belongs to, kept in the record
+    study: dict | None = None        # {"name", "trial", "params", ...}: the tuning study this run is a trial of
+    # Pruning: validate when this fraction of the clock (or of the step cap) is spent, and stop the run as
+    # "pruned" if on_report(fraction, val_bpb, step) says so.
+    report_fractions: tuple[float, ...] = ()
+    on_report: Callable[[float, float, int], bool] | None = None
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def config_hash(self) -> str:
@@ -211,7 +217,7 @@ def run(spec: RunSpec) -> dict:
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "config_hash": config_hash, "status": "running",
         "variant": spec.variant.name, "preset": spec.preset, "config": as_dict(c), "seed": spec.seed,
         "budget_name": b.name, "budget": b.to_dict(), "command": spec.command, "note": spec.note,
-        "sweep": spec.sweep,
+        "sweep": spec.sweep, "study": spec.study,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **hardware.git_state(),
         "environment": hardware.environment(device, world_size),
         "hardware_matches_budget": device.type == b.device and world_size == b.device_count,
@@ -278,6 +284,19 @@ def run(spec: RunSpec) -> dict:
 
     def validate() -> tuple[float, float]:
         return evaluate(compiled, val, val_batch_tokens, rank, world_size, device, autocast_dtype)
+
+    fractions = sorted(spec.report_fractions)
+
+    def should_prune(fraction: float, val_bpb: float, step: int) -> float | None:
+        """Report at the last report point passed; rank 0 decides and every rank follows. Returns the
+        report point when the run is to stop."""
+        at = [f for f in fractions if f <= fraction][-1]
+        del fractions[:fractions.index(at) + 1]
+        decision = torch.tensor([float(master and spec.on_report is not None and spec.on_report(at, val_bpb, step))],
+                                device=device)
+        if distributed:
+            dist.broadcast(decision, src=0)
+        return at if decision.item() else None
 
     def finish(final_status: str) -> None:
         record["status"] = final_status
@@ -356,7 +375,9 @@ def run(spec: RunSpec) -> dict:
                     f"train {elapsed_ms / 1000:.1f}s of {b.train_wallclock_seconds:.0f}s "
                     f"({max(cap_ms - elapsed_ms, 0) / 1000:.1f}s left)")
                 next_log_ms = (elapsed_ms // (1000.0 * b.log_every_seconds) + 1) * 1000.0 * b.log_every_seconds
-            if elapsed_ms >= next_val_ms and not done:
+            fraction = max(elapsed_ms / cap_ms, step / max_steps)
+            report_due = bool(fractions) and fraction >= fractions[0]
+            if (elapsed_ms >= next_val_ms or report_due) and not done:
                 sync()
                 training_ms += 1000.0 * (time.perf_counter() - t0)  # clock paused during validation
                 t_val = time.perf_counter()
@@ -364,9 +385,17 @@ def run(spec: RunSpec) -> dict:
                 val_seconds_in_training += time.perf_counter() - t_val
                 curve[-1].update(val_loss=val_loss, val_bpb=val_bpb)
                 log(f"step {step} | val_loss {val_loss:.4f} | val_bpb {val_bpb:.4f}")
-                next_val_ms = (training_ms // (1000.0 * b.val_every_seconds) + 1) * 1000.0 * b.val_every_seconds
+                if b.val_every_seconds:
+                    next_val_ms = (training_ms // (1000.0 * b.val_every_seconds) + 1) * 1000.0 * b.val_every_seconds
                 sync()
                 t0 = time.perf_counter()
+                if report_due and (at := should_prune(fraction, val_bpb, step)) is not None:
+                    status = "pruned"  # `at`: the report point judged; `spent`: how much of the budget was used
+                    record["pruned_at"] = {"fraction": at, "spent": round(fraction, 4), "step": step,
+                                           "val_bpb": val_bpb}
+                    log(f"step {step}: pruned at the {at:.0%} report ({fraction:.1%} of the budget spent, "
+                        f"val_bpb {val_bpb:.4f})")
+                    break
             if done:
                 break
         sync()
@@ -389,7 +418,7 @@ def run(spec: RunSpec) -> dict:
     peak = hardware.peak_flops(device)
     record["mfu"] = (flops_per_token * record["tokens_per_second"] / (peak * world_size)
                      if peak and record["tokens_per_second"] else None)
-    if status == "diverged":
+    if status in ("diverged", "pruned"):
         finish(status)
         return record
     if status == "failed":

@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import slurm_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,3 +57,31 @@ def only_record(results_dir: Path) -> dict:
     records = sorted(Path(results_dir).glob("*/run.json"))
     assert len(records) == 1, f"expected one run record in {results_dir}, found {len(records)}"
     return json.loads(records[0].read_text())
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    absent = slurm_cluster.missing()
+    if absent:
+        if os.environ.get("CI"):
+            pytest.fail(f"SLURM packages missing ({', '.join(absent)}); .ci/run installs slurmctld slurmd munge")
+        pytest.skip(f"no SLURM here ({', '.join(absent)} missing): apt-get install slurmctld slurmd munge")
+    c = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm")).start()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(c.conf)
+    yield c
+    c.stop()
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -5,16 +5,14 @@ same against a real single-node SLURM cluster (submitit job arrays, scancel, req
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import slurm_cluster
 
-from conftest import REPO, harness_cli, write_budget
+from conftest import REPO, harness_cli, wait_for, write_budget
 from harness import train
 from harness.sweep import job, run_states, save_state, state_file
 from harness.sweep.spec import load_spec_file
@@ -131,34 +129,6 @@ def write_spec(tmp_path: Path, budget: Path, name: str = "resume", runs: str = "
 
 
 # ---------------------------------------------------------------------------------------------- real SLURM
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    absent = slurm_cluster.missing()
-    if absent:
-        if os.environ.get("CI"):
-            pytest.fail(f"SLURM packages missing ({', '.join(absent)}); .ci/run installs slurmctld slurmd munge")
-        pytest.skip(f"no SLURM here ({', '.join(absent)} missing): apt-get install slurmctld slurmd munge")
-    c = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm")).start()
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(c.conf)
-    yield c
-    c.stop()
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
 
 def sweep_states(results: Path, name: str) -> dict:
     return run_states(json.loads(state_file(results, name).read_text()))

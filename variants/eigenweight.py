@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from harness.config import param
 from harness.model import GPT, Block, RecurrentGPTConfig
 from harness.registry import register
+from harness.tune.space import Choice, Int
 
 ATTENTION_KINDS = ("q", "k", "v", "o")
 
@@ -64,4 +65,4 @@ register("eigenweight", config=EigenweightConfig, build=build, doc=__doc__, pres
     "d768_r48": {"model_dim": 768, "rank": 48},
     "d1024_r32": {"model_dim": 1024, "rank": 32},
     "r128_rec34x2": {"rank": 128, "num_layers": 9, "repeat_layers": (3, 4), "repeat_times": 2},
-})
+}, space={"rank": Int(16, 512, log=True), "mlp_rank": Choice(0, 32, 64, 128, 256)})  # mlp_rank 0: same as rank

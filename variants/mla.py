@@ -18,6 +18,7 @@ from harness.config import param
 from harness.errors import UserError
 from harness.model import GPT, Block, CastedLinear, CausalSelfAttention, GPTConfig, Rotary, apply_rotary, rms_norm
 from harness.registry import register
+from harness.tune.space import Choice, Int
 
 
 @dataclass(frozen=True)
@@ -81,4 +82,4 @@ def build(c: MLAConfig) -> GPT:
 register("mla", config=MLAConfig, build=build, doc=__doc__, presets={
     "latent128": {"kv_latent_dim": 128},
     "latent64": {"kv_latent_dim": 64},
-})
+}, space={"kv_latent_dim": Int(32, 256, log=True), "latent_norm": Choice(False, True), "rope_dim": Choice(0, 16, 32)})

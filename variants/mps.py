@@ -26,6 +26,7 @@ from harness.config import param
 from harness.model import GPT, Block, CastedLinear, GPTConfig, rms_norm
 from harness.optim import ParamGroup
 from harness.registry import register
+from harness.tune.space import Choice, Float, Int
 
 
 @dataclass(frozen=True)
@@ -155,4 +156,9 @@ def build(c: MPSConfig) -> nn.Module:
 
 
 register("mps", config=MPSConfig, build=build, doc=__doc__,
-         presets={"bond64": {"mode": "mps", "bond_dim": 64}, "tt64": {"mode": "tt_linear", "tt_rank": 64}})
+         presets={"bond64": {"mode": "mps", "bond_dim": 64}, "tt64": {"mode": "tt_linear", "tt_rank": 64}},
+         space={"mode": Choice("mps", "tt_linear"),  # each mode's own knobs are searched only under that mode
+                "bond_dim": Int(16, 128, log=True, when={"mode": ("mps",)}),
+                "transfer_lr": Float(1e-3, 1e-2, log=True, when={"mode": ("mps",)}),
+                "tt_rank": Int(16, 128, log=True, when={"mode": ("tt_linear",)}),
+                "tt_cores": Choice(2, 3, when={"mode": ("tt_linear",)})})

@@ -7,6 +7,7 @@ Flow: load every run.json (tables.load_runs) → leaderboards per budget and har
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -101,13 +102,18 @@ def grouped_section(runs: list[tables.Run], kind: str) -> str:
         info = r.record.get(kind)
         if isinstance(info, dict) and info.get("name"):
             params = info.get("params") or {}
-            groups.setdefault(str(info["name"]), []).append({**r.row, **params, "trial": info.get("trial"),
-                                                              "_params": list(params)})
+            groups.setdefault(str(info["name"]), []).append({
+                **r.row, **params, "trial": info.get("trial"), "_params": list(params), "_record": r.record,
+                "pruned_bpb": (r.record.get("pruned_at") or {}).get("val_bpb")})
     parts = []
     for name, rows in sorted(groups.items()):
         params = list(dict.fromkeys(p for row in rows for p in row["_params"]))
         title = f"{'sweep' if kind == 'sweep' else 'study'} {name}"
-        headers = [("run", "")] + [(p, "swept parameter") for p in params] + [
+        if kind == "study":  # trials are named by number, in the order they were asked for
+            rows.sort(key=lambda row: row["trial"] if row["trial"] is not None else -1)
+            for row in rows:
+                row["label"] = f"trial {row['trial']}"
+        headers = [("trial" if kind == "study" else "run", "")] + [(p, "swept parameter") for p in params] + [
             ("seed", ""), ("status", ""), ("val_bpb", "post-quant"), ("artifact bytes", ""), ("tok/s", "")]
         body = [f'<tr><td class="t"><a href="{render.esc(render.run_href(row["run_id"]))}">'
                 f'{render.esc(row["label"])}</a></td>'
@@ -116,13 +122,28 @@ def grouped_section(runs: list[tables.Run], kind: str) -> str:
                 + render.cell(row["val_bpb_post_quant"]) + render.cell(row["artifact_total_bytes"])
                 + render.cell(row["tokens_per_second"], render.number(row["tokens_per_second"], 0)) + "</tr>"
                 for row in rows]
-        figures = [render.figure(plots.parameter_plot(rows, p, f"{title}: {p}"), f"{p} against val_bpb")
-                   for p in params]
+        sampled = {p: json.loads(d) for row in rows  # a study's distributions, as Optuna sampled them
+                   for p, d in ((row["_record"].get("study") or {}).get("distributions") or {}).items()}
+        figures = [render.figure(plots.parameter_plot(
+            rows, p, f"{title}: {p}", log_x=bool(sampled.get(p, {}).get("attributes", {}).get("log")),
+            join=kind == "sweep" or sampled.get(p, {}).get("name") == "CategoricalDistribution"),
+            f"{p} against val_bpb") for p in params]
         if kind == "study":
-            figures.insert(0, render.figure(plots.history_plot(rows, title), "trials in order; line: best so far"))
+            from harness.tune.study import importances
+
             front = [{**row, "bpb_mean": row["val_bpb_post_quant"], "bpb_std": 0.0} for row in rows]
-            figures.insert(1, render.figure(plots.pareto_plot(front, "artifact_total_bytes", "artifact bytes",
-                                                              title=f"{title}: size"), "trials: val_bpb vs size"))
+            objectives = next((row["_record"]["study"].get("objectives") for row in rows), None) or ["val_bpb"]
+            figures[:0] = [
+                render.figure(plots.history_plot(rows, title), "trials in order; line: best so far"),
+                render.figure(plots.importance_plot(importances([row["_record"] for row in rows]), title),
+                              "how much each parameter explains of val_bpb across the trials"),
+                render.figure(plots.pareto_plot(front, "artifact_total_bytes", "artifact bytes",
+                                                cap=rows[0].get("artifact_cap_bytes"), title=f"{title}: size"),
+                              "trials: val_bpb vs size; line: front")]
+            if "tokens_per_second" in objectives:
+                figures.insert(3, render.figure(plots.pareto_plot(front, "tokens_per_second", "tokens / s",
+                                                                  maximize_x=True, title=f"{title}: speed"),
+                                                "trials: val_bpb vs throughput; line: front"))
         parts.append(f"<h3>{render.esc(title)} ({len(rows)} runs)</h3>" + render.table(headers, body)
                      + f'<div class="plots">{"".join(figures)}</div>')
     if not parts:

@@ -13,7 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, FuncFormatter  # noqa: E402
 
 plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "golf-harness", "font.size": 9,
                      "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
@@ -151,8 +151,10 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def parameter_plot(rows: list[dict], parameter: str, title: str = "") -> str | None:
-    """A swept parameter against val_bpb: one point per run, the mean per value joined by a line."""
+def parameter_plot(rows: list[dict], parameter: str, title: str = "", log_x: bool = False,
+                   join: bool = True) -> str | None:
+    """A swept parameter against val_bpb: one point per run and, with `join` (a grid, a study's choices),
+    the mean per value joined by a line; a study's sampled ranges are left as points."""
     points = [(r[parameter], r["val_bpb_post_quant"]) for r in rows
               if r.get(parameter) is not None and r.get("val_bpb_post_quant") is not None]
     if not points:
@@ -165,7 +167,13 @@ def parameter_plot(rows: list[dict], parameter: str, title: str = "") -> str | N
                color=POINT_COLOR, alpha=0.7)
     means = [sum(y for x, y in points if (x if numeric else str(x)) == k) /
              sum(1 for x, _ in points if (x if numeric else str(x)) == k) for k in keys]
-    ax.plot([position[k] for k in keys], means, color=FRONT_COLOR, lw=1.2)
+    if join:
+        ax.plot([position[k] for k in keys], means, color=FRONT_COLOR, lw=1.2)
+    if numeric and log_x and min(keys) > 0:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.01, not 10^-2
+        ax.xaxis.set_minor_formatter(FuncFormatter(  # and 0.02, 0.05 between, without crowding
+            lambda v, _: f"{v:g}" if round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
     if not numeric:
         ax.set_xticks(range(len(keys)), [plain(k) for k in keys], rotation=30, ha="right")
     ax.set_xlabel(plain(parameter))
@@ -175,10 +183,12 @@ def parameter_plot(rows: list[dict], parameter: str, title: str = "") -> str | N
 
 
 def history_plot(rows: list[dict], title: str = "") -> str | None:
-    """A tuning study's trials in order: each trial's val_bpb and the best so far."""
+    """A tuning study's trials in order: each trial's val_bpb, the best so far, and pruned trials at the
+    (pre-quant) val_bpb they were stopped with."""
     points = [(r["trial"], r["val_bpb_post_quant"]) for r in rows
               if r.get("trial") is not None and r.get("val_bpb_post_quant") is not None]
-    if not points:
+    pruned = [(r["trial"], r["pruned_bpb"]) for r in rows if r.get("trial") is not None and r.get("pruned_bpb")]
+    if not points and not pruned:
         return None
     points.sort()
     best, running = [], math.inf
@@ -187,9 +197,26 @@ def history_plot(rows: list[dict], title: str = "") -> str | None:
         best.append(running)
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     ax.scatter([x for x, _ in points], [y for _, y in points], s=14, color=POINT_COLOR, label="trial")
-    ax.step([x for x, _ in points], best, where="post", color=FRONT_COLOR, label="best so far")
+    if pruned:
+        ax.scatter([x for x, _ in pruned], [y for _, y in pruned], s=18, marker="x", color="#999999",
+                   label="pruned (val_bpb when stopped)")
+    if points:
+        ax.step([x for x, _ in points], best, where="post", color=FRONT_COLOR, label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel("val_bpb (post-quant)")
     ax.set_title(plain(title), fontsize=9)
     ax.legend(fontsize=7)
+    return to_svg(fig)
+
+
+def importance_plot(importances: dict[str, float], title: str = "") -> str | None:
+    """Parameter importances (fANOVA, summing to 1) as horizontal bars, the largest on top."""
+    if not importances:
+        return None
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(4.8, 0.6 + 0.32 * len(names)))
+    ax.barh([plain(n) for n in names], [importances[n] for n in names], color=POINT_COLOR)
+    ax.set_xlabel("importance for val_bpb (fANOVA)")
+    ax.set_xlim(0, 1)
+    ax.set_title(plain(title), fontsize=9)
     return to_svg(fig)

@@ -124,10 +124,10 @@ LEADERBOARD_HEADERS = [
     ("stored params", "numbers stored in the artifact"), ("artifact bytes", "model + code, largest over seeds"),
     ("tok/s", "training tokens per second"), ("ms/step", "mean training step time"), ("MFU", "model FLOPs use"),
     ("steps", "steps reached"),
-    ("runs", "how every run ended: ok, over cap, over the eval limit, diverged, failed, interrupted"),
+    ("runs", "how every run ended: ok, over cap, over the eval limit, diverged, failed, interrupted, pruned"),
 ]
 RUN_ENDINGS = (("ok", "ok"), ("over_cap_runs", "over cap"), ("over_eval_limit", "over eval limit"),
-               ("diverged", "diverged"), ("failed", "failed"), ("interrupted", "interrupted"))
+               ("diverged", "diverged"), ("failed", "failed"), ("interrupted", "interrupted"), ("pruned", "pruned"))
 
 
 def leaderboard_rows(board: Leaderboard) -> list[str]:

@@ -72,8 +72,11 @@ def hardware_name(record: dict) -> str:
 
 
 def format_value(value) -> str:
+    """A config value for a table: floats to 4 significant digits (sampled learning rates carry 16)."""
     if isinstance(value, list | tuple):
-        return ",".join(map(str, value))
+        return ",".join(map(format_value, value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return str(value)
 
 
@@ -154,7 +157,7 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("params").first(),
         pl.len().alias("runs"),
         scored.sum().alias("seeds"),
-        *[(pl.col("status") == s).sum().alias(s) for s in ("ok", *FAILED_STATUSES, "over_eval_limit")],
+        *[(pl.col("status") == s).sum().alias(s) for s in ("ok", *FAILED_STATUSES, "over_eval_limit", "pruned")],
         (pl.col("status") == "over_cap").sum().alias("over_cap_runs"),
         bpb.mean().alias("bpb_mean"), bpb.std().alias("bpb_std"),
         pl.col("val_bpb").filter(scored).mean().alias("bpb_pre_quant"),
@@ -240,7 +243,8 @@ def rank(table: pl.DataFrame) -> pl.DataFrame:
 
 EXPORT_COLUMNS = [
     "budget", "hardware", "rank", "label", "variant", "preset", "params", "seeds", "runs", "ok", "over_cap_runs",
-    "over_eval_limit", "diverged", "failed", "interrupted", "bpb_mean", "bpb_std", "bpb_pre_quant", "delta_bpb",
+    "over_eval_limit", "diverged", "failed", "interrupted", "pruned", "bpb_mean", "bpb_std", "bpb_pre_quant",
+    "delta_bpb",
     "loss_mean", "p_value", "passes_bar", "stored_param_count", "artifact_total_bytes", "artifact_cap_bytes",
     "over_cap", "tokens_per_second", "ms_per_step", "mfu", "steps", "config_key",
 ]

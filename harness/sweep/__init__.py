@@ -223,10 +223,53 @@ def redirected_stderr(file):
         os.close(saved)
 
 
-def run_slurm(todo, state_path: Path, results_dir: Path, slurm: SlurmOptions, echo=print, **_) -> list[dict]:
-    """One submitit job array per budget (a budget fixes the resources); returns at once."""
+def slurm_executor(folder: Path, budget, slurm: SlurmOptions, timeout_min: int, name: str):
+    """A submitit executor for jobs of one budget: one task per device, its GPUs, the user's SLURM options, and
+    SIGUSR2 two minutes before the time limit."""
     import submitit
 
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    params = {"timeout_min": timeout_min, "nodes": 1, "tasks_per_node": budget.device_count,
+              "slurm_array_parallelism": slurm.max_concurrent, "slurm_signal_delay_s": 120, "name": name}
+    if budget.device == "cuda":
+        params["gpus_per_node"] = budget.device_count
+    if slurm.cpus_per_task:
+        params["cpus_per_task"] = slurm.cpus_per_task
+    if slurm.mem_gb:
+        params["mem_gb"] = slurm.mem_gb
+    for key in ("partition", "account", "qos"):
+        if getattr(slurm, key):
+            params[f"slurm_{key}"] = getattr(slurm, key)
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit_array(executor, calls: list) -> list:
+    """Submit `calls` as one job array; sbatch refusing them is a UserError with sbatch's own reason."""
+    with tempfile.TemporaryFile("w+") as said, redirected_stderr(said):
+        try:
+            with executor.batch():
+                jobs = [executor.submit(call) for call in calls]
+            error = None
+        except Exception as exc:  # sbatch said no: a wrong partition, account or QOS, a limit
+            error = exc
+        said.seek(0)
+        sbatch_said = said.read()
+    if error is not None:
+        lines = [ln for ln in (sbatch_said + str(error)).splitlines() if "error" in ln.lower()]
+        reason = (lines[0] if lines else str(error).splitlines()[-1]).strip()
+        raise UserError(f"sbatch refused the jobs: {reason} (check --partition, --account, --qos)") from None
+    if sbatch_said.strip():
+        sys.stderr.write(sbatch_said)
+    return jobs
+
+
+def job_log(job) -> str:
+    return str(Path(str(job.paths.stdout).replace("%t", "0")))
+
+
+def run_slurm(todo, state_path: Path, results_dir: Path, slurm: SlurmOptions, echo=print, **_) -> list[dict]:
+    """One submitit job array per budget (a budget fixes the resources); returns at once."""
     from harness.budget import load_budget
     from harness.sweep.job import SlurmRun
 
@@ -237,41 +280,14 @@ def run_slurm(todo, state_path: Path, results_dir: Path, slurm: SlurmOptions, ec
         by_budget.setdefault(r.budget, []).append(r)
     for budget_name, runs in by_budget.items():
         budget = load_budget(budget_name)
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
-        gpus = budget.device_count if budget.device == "cuda" else 0
-        params = {"timeout_min": time_limit_minutes(budget, slurm.margin_minutes), "nodes": 1,
-                  "tasks_per_node": budget.device_count, "slurm_array_parallelism": slurm.max_concurrent,
-                  "slurm_signal_delay_s": 120, "name": f"golf-{state_path.stem}"}
-        if gpus:
-            params["gpus_per_node"] = gpus
-        if slurm.cpus_per_task:
-            params["cpus_per_task"] = slurm.cpus_per_task
-        if slurm.mem_gb:
-            params["mem_gb"] = slurm.mem_gb
-        for key in ("partition", "account", "qos"):
-            if getattr(slurm, key):
-                params[f"slurm_{key}"] = getattr(slurm, key)
-        executor.update_parameters(**params)
-        with tempfile.TemporaryFile("w+") as said, redirected_stderr(said):
-            try:
-                with executor.batch():
-                    jobs = [executor.submit(SlurmRun(str(state_path), r.run_id)) for r in runs]
-                error = None
-            except Exception as exc:  # sbatch said no: a wrong partition, account or QOS, a limit
-                error = exc
-            said.seek(0)
-            sbatch_said = said.read()
-        if error is not None:
-            lines = [ln for ln in (sbatch_said + str(error)).splitlines() if "error" in ln.lower()]
-            reason = (lines[0] if lines else str(error).splitlines()[-1]).strip()
-            raise UserError(f"sbatch refused the jobs: {reason} (check --partition, --account, --qos)") from None
-        if sbatch_said.strip():
-            sys.stderr.write(sbatch_said)
+        minutes = time_limit_minutes(budget, slurm.margin_minutes)
+        executor = slurm_executor(folder, budget, slurm, minutes, f"golf-{state_path.stem}")
+        jobs = submit_array(executor, [SlurmRun(str(state_path), r.run_id) for r in runs])
         for r, job in zip(runs, jobs):
             out.append({"run_id": r.run_id, "executor": "slurm", "job_id": str(job.job_id), "submitted_at": now(),
-                        "log": str(Path(str(job.paths.stdout).replace("%t", "0")))})
+                        "log": job_log(job)})
         echo(f"submitted {len(runs)} runs of budget {budget_name} as SLURM array {jobs[0].job_id.split('_')[0]} "
-             f"(time limit {params['timeout_min']} min, {budget.device_count} task(s) per job)")
+             f"(time limit {minutes} min, {budget.device_count} task(s) per job)")
     return out
 
 
