@@ -497,21 +497,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args, extra = build_parser().parse_known_args(argv)
-        if args.command == "run":
-            return cmd_run(args, extra)
-        if args.command == "show":
-            return cmd_show(args, extra)
-        if args.command == "sweep":
-            return cmd_sweep(args, extra)
-        if args.command == "tune":
-            return cmd_tune(args, extra)
-        if extra:
+        if args.command in ("run", "show", "sweep", "tune"):
+            code = {"run": cmd_run, "show": cmd_show, "sweep": cmd_sweep, "tune": cmd_tune}[args.command](args, extra)
+        elif extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
-        return {"list": cmd_list, "data": cmd_data, "results": cmd_results,
-                "report": cmd_report, "status": cmd_status}[args.command](args)
+        else:
+            code = {"list": cmd_list, "data": cmd_data, "results": cmd_results,
+                    "report": cmd_report, "status": cmd_status}[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe is met below and not at exit
+        return code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `list | head` closed the pipe: stop quietly, as other command-line tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 1

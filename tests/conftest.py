@@ -1,9 +1,13 @@
-"""Shared fixtures: tiny budgets written to temp files, and a helper that runs the real CLI in a subprocess."""
+"""Shared fixtures: tiny budgets written to temp files, and helpers that run the real CLI (in a subprocess, or in
+this process for commands that refuse their input)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +55,30 @@ def harness_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: 
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, *module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def harness_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI's `main` in this process, with its output captured: for commands that refuse their input,
+    where a subprocess would spend seconds importing torch to print one line. Anything that trains, waits
+    or is killed goes through harness_cli."""
+    from harness.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, saved_term = dict(os.environ), os.getcwd(), signal.getsignal(signal.SIGTERM)
+    os.environ.update(env or {})
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's own exits (--help)
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        signal.signal(signal.SIGTERM, saved_term)
+    return subprocess.CompletedProcess(["python", "-m", "harness", *args], code, out.getvalue(), err.getvalue())
 
 
 def only_record(results_dir: Path) -> dict:

@@ -1,9 +1,12 @@
 """Every user mistake: exit code 2, one line on stderr naming the problem, no traceback, no run record."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from conftest import harness_cli, write_budget
+from conftest import REPO, harness_cli, harness_main, write_budget
 from harness.data.shards import write_shard
 
 
@@ -67,46 +70,63 @@ def test_bad_input_gives_one_line_and_exit_2(name, tmp_path):
     args, fragments = CASES[name]
     if name == "fineweb offline":
         args = [*args, "--data-root", str(tmp_path)]
-    result = harness_cli(*args, env={"HARNESS_RESULTS_DIR": str(tmp_path / "results")})
+    result = harness_main(*args, env={"HARNESS_RESULTS_DIR": str(tmp_path / "results")})
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_the_command_itself_reports_a_mistake_the_same_way(tmp_path):
+    """The cases above call the CLI in this process; once through `python -m harness` end to end."""
+    result = harness_cli("run", "--variant", "nosuch", "--budget", "smoke",
+                         env={"HARNESS_RESULTS_DIR": str(tmp_path / "results")})
+    assert_one_line_error(result, "unknown variant 'nosuch'")
+    assert not (tmp_path / "results").exists()
 
 
 def test_malformed_budget_files(tmp_path):
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("train_wallclock_seconds = = 3\n")
-    assert_one_line_error(harness_cli("run", "--variant", "baseline", "--budget", str(bad_toml)), "not valid TOML")
+    assert_one_line_error(harness_main("run", "--variant", "baseline", "--budget", str(bad_toml)), "not valid TOML")
     missing = tmp_path / "missing.toml"
     missing.write_text('description = "x"\n')
-    assert_one_line_error(harness_cli("run", "--variant", "baseline", "--budget", str(missing)), "is missing")
+    assert_one_line_error(harness_main("run", "--variant", "baseline", "--budget", str(missing)), "is missing")
     unknown = write_budget(tmp_path / "unknown.toml", wallclock=5)
-    assert_one_line_error(harness_cli("run", "--variant", "baseline", "--budget", str(unknown)),
+    assert_one_line_error(harness_main("run", "--variant", "baseline", "--budget", str(unknown)),
                           "unknown key 'wallclock'")
     negative = write_budget(tmp_path / "neg.toml", seq_len=-4)
-    assert_one_line_error(harness_cli("run", "--variant", "baseline", "--budget", str(negative)), "seq_len")
+    assert_one_line_error(harness_main("run", "--variant", "baseline", "--budget", str(negative)), "seq_len")
 
 
 def test_missing_dataset_names_the_fetch_command(tmp_path):
     budget = write_budget(tmp_path / "fw.toml", dataset="fineweb")
-    result = harness_cli("run", "--variant", "baseline", "--budget", str(budget), "--data-root", str(tmp_path))
+    result = harness_main("run", "--variant", "baseline", "--budget", str(budget), "--data-root", str(tmp_path))
     assert_one_line_error(result, "python -m harness data fineweb --train-shards")
 
 
 def test_corrupt_shard_is_named(tmp_path, corrupt_data_dir):
     budget = write_budget(tmp_path / "b.toml")
-    result = harness_cli("run", "--variant", "baseline", "--budget", str(budget), "--data-dir", str(corrupt_data_dir))
+    result = harness_main("run", "--variant", "baseline", "--budget", str(budget), "--data-dir", str(corrupt_data_dir))
     assert_one_line_error(result, "c_train_000000.bin", "truncated")
 
 
 def test_tokenizer_vocab_mismatch(tmp_path):
     budget = write_budget(tmp_path / "b.toml")
-    result = harness_cli("run", "--variant", "baseline", "--budget", str(budget), "--vocab-size", "512",
+    result = harness_main("run", "--variant", "baseline", "--budget", str(budget), "--vocab-size", "512",
                          env={"HARNESS_RESULTS_DIR": str(tmp_path / "r")})
     assert_one_line_error(result, "tokenizer/vocab mismatch", "1024", "--vocab-size 1024")
 
 
 def test_batch_not_divisible_by_seq_len_times_ranks(tmp_path):
     budget = write_budget(tmp_path / "b.toml", tokens_per_step=1000, micro_batch_tokens=64)
-    result = harness_cli("run", "--variant", "baseline", "--budget", str(budget),
+    result = harness_main("run", "--variant", "baseline", "--budget", str(budget),
                          env={"HARNESS_RESULTS_DIR": str(tmp_path / "r")})
     assert_one_line_error(result, "tokens_per_step 1000 is not divisible by seq_len 64")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`list | head -n 1` closes the pipe before the listing is written; the command stops without a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "list"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child has imported anything, so every write of its meets a closed pipe
+    stderr = proc.stderr.read()
+    assert proc.wait(120) == 1 and stderr == "", stderr
