@@ -120,9 +120,9 @@ def test_one_ddp_step_matches_a_single_process_step_for_every_family(tmp_path):
 
 
 def test_every_family_is_listed_with_its_presets():
-    from conftest import harness_cli
+    from conftest import harness_main
 
-    result = harness_cli("list")
+    result = harness_main("list")
     assert result.returncode == 0, result.stderr
     for name in sorted({config[0] for config in CONFIGS}):
         variant, _ = get_variant(name)
@@ -133,9 +133,9 @@ def test_every_family_is_listed_with_its_presets():
 
 def test_show_counts_what_eigenweight_stores_at_full_size():
     """r·(m + n + 1) numbers per block matrix, plus the embedding and the small tensors: nothing else."""
-    from conftest import harness_cli
+    from conftest import harness_main
 
-    result = harness_cli("show", "eigenweight:r64", "--json")
+    result = harness_main("show", "eigenweight:r64", "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     dim, kv, hidden, r, layers = 512, 256, 1024, 64, 9

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from conftest import harness_cli
+from conftest import harness_cli, harness_main
 from harness.budget import load_budget
 from harness.registry import get_variant
 from harness.report import plots, tables
@@ -168,12 +168,12 @@ def test_markdown_summary_lists_every_configuration(smoke_results):
     (["--out", "report.txt"], "should end in .html"),
 ])
 def test_report_mistakes_are_one_line_errors(smoke_results, args, fragment):
-    done = harness_cli("report", "--results-dir", str(smoke_results), *args)
+    done = harness_main("report", "--results-dir", str(smoke_results), *args)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and fragment in done.stderr, done.stderr
 
 
 def test_report_on_an_empty_folder_says_how_to_make_a_run(tmp_path):
-    done = harness_cli("report", "--results-dir", str(tmp_path))
+    done = harness_main("report", "--results-dir", str(tmp_path))
     assert done.returncode == 2 and "no run records" in done.stderr and "--budget smoke" in done.stderr
 
 

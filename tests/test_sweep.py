@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, harness_cli, wait_for, write_budget
+from conftest import REPO, harness_cli, harness_main, wait_for, write_budget
 from harness import train
 from harness.sweep import job, run_states, save_state, state_file
 from harness.sweep.spec import load_spec_file
@@ -37,7 +37,7 @@ def test_shipped_sweep_files_plan_the_study_and_the_example():
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
-    done = harness_cli("sweep", "sweeps/example.toml", "--dry-run", "--results-dir", str(tmp_path / "r"))
+    done = harness_main("sweep", "sweeps/example.toml", "--dry-run", "--results-dir", str(tmp_path / "r"))
     assert done.returncode == 0, done.stderr
     assert "6 runs — 0 done, 0 in flight, 6 to run" in done.stdout
     assert done.stdout.count("\n  run ") == 6 and "--rank 64" in done.stdout
@@ -55,14 +55,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
 def test_bad_sweep_files_are_one_line_errors(tmp_path, content, fragment):
     spec = tmp_path / "bad.toml"
     spec.write_text(content)
-    done = harness_cli("sweep", str(spec), "--dry-run", "--results-dir", str(tmp_path / "r"))
+    done = harness_main("sweep", str(spec), "--dry-run", "--results-dir", str(tmp_path / "r"))
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and fragment in done.stderr, done.stderr
 
 
 def test_command_line_grid_mistakes_are_one_line_errors(tmp_path):
-    done = harness_cli("sweep", "--variant", "eigenweight", "--grid", "rank", "--budget", "smoke", "--dry-run")
+    done = harness_main("sweep", "--variant", "eigenweight", "--grid", "rank", "--budget", "smoke", "--dry-run")
     assert done.returncode == 2 and "should look like name=value1,value2" in done.stderr
-    done = harness_cli("status", "nope", "--results-dir", str(tmp_path))
+    done = harness_main("status", "nope", "--results-dir", str(tmp_path))
     assert done.returncode == 2 and "no sweep 'nope'" in done.stderr
 
 

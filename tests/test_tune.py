@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import REPO, harness_cli, wait_for, write_budget
+from conftest import REPO, harness_cli, harness_main, wait_for, write_budget
 from harness.registry import get_variant, known_variant_names
 from harness.tune import space as sp
 from harness.tune import study as st
@@ -78,8 +78,8 @@ def test_the_command_line_narrows_restricts_and_fixes_the_space():
     (["--storage", "studies.txt"], "give sqlite, journal"),
 ])
 def test_tune_mistakes_are_one_line_errors(tmp_path, args, fragment):
-    done = harness_cli("tune", "--variant", "mla", "--budget", "smoke", "--dry-run", "--results-dir",
-                       str(tmp_path / "r"), *args)
+    done = harness_main("tune", "--variant", "mla", "--budget", "smoke", "--dry-run", "--results-dir",
+                        str(tmp_path / "r"), *args)
     if args == ["--search", "matrix_lr=0.1"]:
         assert done.returncode == 0 and "matrix_lr {0.1}" in done.stdout, done.stderr
         return
@@ -89,7 +89,7 @@ def test_tune_mistakes_are_one_line_errors(tmp_path, args, fragment):
 
 
 def test_a_study_over_a_multi_device_budget_is_refused():
-    done = harness_cli("tune", "--variant", "baseline", "--budget", "10min-8xh100", "--dry-run")
+    done = harness_main("tune", "--variant", "baseline", "--budget", "10min-8xh100", "--dry-run")
     assert done.returncode == 2 and "tune runs each trial on one device" in done.stderr
 
 
