@@ -8,6 +8,7 @@ best configuration(s) — optionally re-run over more seeds first — are writte
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -225,8 +226,6 @@ def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        import json
-
         return json.dumps(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
