@@ -1,6 +1,6 @@
 """Every family and preset runs the smoke budget end to end — data, training steps, final eval, int8+zlib
 export, rebuild from the artifact, round-trip eval and record — in one process, capped at one step so the
-whole catalogue fits in CI, and scored on the first 8,192 validation tokens (the full-minute runs on the whole
+whole catalogue fits in CI, and scored on the first 2,048 validation tokens (the full-minute runs on the whole
 split are in bench/variants.py and docs/VARIANTS.md)."""
 
 import dataclasses
@@ -18,7 +18,7 @@ CONFIGS = [(name, preset) for name, preset, changes in cf.all_configs() if not c
 
 @pytest.mark.parametrize("name,preset", CONFIGS, ids=[cf.config_id(n, p, {}) for n, p in CONFIGS])
 def test_runs_the_smoke_budget_end_to_end(name, preset, tmp_path):
-    budget = dataclasses.replace(load_budget("smoke"), val_tokens_cap=8192)
+    budget = dataclasses.replace(load_budget("smoke"), val_tokens_cap=2048)
     variant, _ = get_variant(name)
     config = variant.resolve(preset, budget.model, None, budget.name)
     record = run(RunSpec(variant=variant, config=config, budget=budget, preset=preset, results_dir=tmp_path,
