@@ -345,13 +345,17 @@ def run(spec: RunSpec) -> dict:
             train_loss = train_step(step, elapsed_ms)
             step += 1
             elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
-            # One all-reduce per step: the global batch's mean loss, and whether any rank hit the cap.
-            flags = torch.tensor([float(elapsed_ms >= cap_ms), float(_stop["requested"])], device=device)
+            # One all-reduce per step: the global batch's mean loss, whether any rank hit the cap or is due to
+            # validate, and the mean fraction of the budget spent, so that every rank takes the same branches.
+            fraction = max(elapsed_ms / cap_ms, step / max_steps)
+            flags = torch.tensor([float(elapsed_ms >= cap_ms), float(_stop["requested"]),
+                                  float(elapsed_ms >= next_val_ms), fraction], device=device)
             shared = torch.cat([train_loss.float().reshape(1), flags])
             if distributed:
                 dist.all_reduce(shared)
                 shared[0] /= world_size
-            loss_value, reached_cap, stop_requested = shared.tolist()
+                shared[4] /= world_size
+            loss_value, reached_cap, stop_requested, val_timer, fraction = shared.tolist()
             curve.append({"step": step, "seconds": elapsed_ms / 1000.0, "tokens": step * b.tokens_per_step,
                           "train_loss": loss_value if math.isfinite(loss_value) else None})
             if not math.isfinite(loss_value):
@@ -375,9 +379,8 @@ def run(spec: RunSpec) -> dict:
                     f"train {elapsed_ms / 1000:.1f}s of {b.train_wallclock_seconds:.0f}s "
                     f"({max(cap_ms - elapsed_ms, 0) / 1000:.1f}s left)")
                 next_log_ms = (elapsed_ms // (1000.0 * b.log_every_seconds) + 1) * 1000.0 * b.log_every_seconds
-            fraction = max(elapsed_ms / cap_ms, step / max_steps)
             report_due = bool(fractions) and fraction >= fractions[0]
-            if (elapsed_ms >= next_val_ms or report_due) and not done:
+            if (val_timer > 0 or report_due) and not done:
                 sync()
                 training_ms += 1000.0 * (time.perf_counter() - t0)  # clock paused during validation
                 t_val = time.perf_counter()

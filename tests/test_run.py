@@ -107,6 +107,21 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert a["val_bpb"] == pytest.approx(b["val_bpb"], rel=1e-4)
 
 
+def test_ranks_validate_together_on_the_clock(tmp_path):
+    """Periodic validation is an all-reduce on every rank: the ranks agree each step on whether it is due
+    (their clocks differ by a little), so a 2-rank run validating every second neither hangs nor skips."""
+    budget = write_budget(tmp_path / "val.toml", tokens_per_step=2048, micro_batch_tokens=1024, warmup_steps=0,
+                          train_wallclock_seconds=4, val_every_seconds=1)
+    results = tmp_path / "r"
+    two = harness_cli("--nproc-per-node", "2", "-m", "harness", "run", "--variant", "baseline", "--budget",
+                      str(budget), "--quiet", module=("-m", "torch.distributed.run"), timeout=180,
+                      env={"HARNESS_RESULTS_DIR": str(results), "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr
+    record = only_record(results)
+    assert record["status"] == "ok" and record["world_size"] == 2
+    assert sum(p.get("val_bpb") is not None for p in record["curve"]) >= 3  # about one per second of training
+
+
 def test_seeded_cpu_runs_are_reproducible(tmp_path):
     budget = write_budget(tmp_path / "same.toml")
     first, d1 = tiny_run(tmp_path, "a", "--max-steps", "3", "--seed", "7", budget=budget)
