@@ -69,7 +69,7 @@ def build_parser() -> Parser:
     run.add_argument("--preset-file", type=Path, help="a TOML file of [presets.NAME] tables, such as the one tune "
                                                       "writes (default preset: best)")
     run.add_argument("--budget", required=True, help="budget name (budgets/NAME.toml) or path to a .toml file")
-    run.add_argument("--seed", type=int, default=1337)
+    run.add_argument("--seed", type=int, default=1337, help="training seed: the init and the run id (default 1337)")
     run.add_argument("--run-id", help="name of the results folder (default: time, variant, budget, seed, hash)")
     run.add_argument("--results-dir", type=Path, help="where run folders go (default: results/)")
     run.add_argument("--data-root", type=Path, help="root of data/ (default: data/ or $HARNESS_DATA_ROOT)")
@@ -78,6 +78,9 @@ def build_parser() -> Parser:
     run.add_argument("--device", choices=("cpu", "cuda"), help="override the budget's device kind")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the model (default: on for CUDA, off for CPU)")
+    run.add_argument("--precision", choices=("challenge", "fp32"),
+                     help="challenge: train_gpt.py's bf16 embedding and RoPE tables, fp32 matrices, bf16 autocast "
+                          "(default on CUDA); fp32: fp32 master weights everywhere (default on CPU)")
     run.add_argument("--max-steps", type=int, help="stop after this many steps even if the clock allows more")
     run.add_argument("--quiet", action="store_true", help="print only the final line")
     run.add_argument("--note", help="free text kept in the record and shown in reports (what this run is for)")
@@ -90,6 +93,7 @@ def build_parser() -> Parser:
     show.add_argument("variant", help="family name, name:preset, or path to a plugin .py file")
     show.add_argument("--preset", help="a named configuration of the variant")
     show.add_argument("--budget", help="apply this budget's [model] sizes and artifact cap (default: none, cap 16MB)")
+    show.add_argument("--seed", type=int, default=1337, help="training seed the model is initialised with, as run's")
     show.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     data = sub.add_parser("data", help="fetch or build datasets")
@@ -112,6 +116,9 @@ def build_parser() -> Parser:
     rep.add_argument("--out", type=Path, help="HTML file to write (default: reports/index.html); with --format md, "
                                               "a Markdown file (default: print it)")
     rep.add_argument("--format", choices=("html", "md"), default="html")
+    rep.add_argument("--contended-below", type=float, default=0.10, metavar="FRACTION",
+                     help="flag (and never rank) runs whose machine probe is this fraction below their "
+                          "leaderboard's median (default 0.10)")
 
     sw = sub.add_parser("sweep", help="run a grid of runs (a sweep file or --variant/--grid) locally or on SLURM",
                         description="Any other --name value pair fixes a parameter of --variant for every run.")
@@ -120,6 +127,7 @@ def build_parser() -> Parser:
     sw.add_argument("--preset", help="comma-separated presets of --variant to sweep over")
     sw.add_argument("--grid", action="append", default=[], help="NAME=V1,V2,... (repeatable; every combination)")
     sw.add_argument("--seeds", type=int, help="seeds 1..N for every run (overrides the file's seeds)")
+    sw.add_argument("--max-steps", type=int, help="cap every run's steps (recorded as an override of the budget)")
     sw.add_argument("--budget", help="budget for a command-line grid")
     sw.add_argument("--name", help="sweep name (default: the file's name, or VARIANT-BUDGET)")
     sw.add_argument("--executor", choices=("debug", "local", "slurm"), default="local")
@@ -239,9 +247,11 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"--run-id {args.run_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
+    check_seed(args.seed)
     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=args.seed, run_id=args.run_id,
                    results_dir=args.results_dir, data_root=args.data_root, data_dir=args.data_dir,
-                   tokenizer=args.tokenizer, device=args.device, compile=args.compile, max_steps=args.max_steps,
+                   tokenizer=args.tokenizer, device=args.device, compile=args.compile, precision=args.precision,
+                   max_steps=args.max_steps,
                    quiet=args.quiet, note=args.note)
     # SLURM and other schedulers stop jobs with SIGTERM: record those runs as interrupted, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -296,14 +306,16 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
     from harness import artifact, hooks
     from harness.budget import load_budget
     from harness.config import as_dict
+    from harness.train import build_model
 
     budget = load_budget(args.budget) if args.budget else None
     variant, preset, flags, config = resolve_variant(args.variant, args.preset, budget, extra)
-    torch.manual_seed(0)
-    model = variant.build(config)
+    check_seed(args.seed)
+    model = build_model(variant, config, args.seed, torch.device("cpu"), "fp32")
     state = hooks.exported_state(model)
     persistent = set(model.state_dict())
-    size = artifact.measure(artifact.compress(state), artifact.model_source_files(model, variant.source_file))
+    size = artifact.measure(artifact.compress(state), artifact.model_source_files(model, variant.source_file),
+                            budget.code_bytes if budget else "submission")
     cap = budget.artifact_cap_bytes if budget else 16_000_000
     preset_values = variant.presets.get(preset, {}) if preset else {}
     sources = {k: ("flag" if k in flags else "preset" if k in preset_values else
@@ -315,6 +327,8 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
             "regenerated_numel": sum(b.numel() for n, b in model.named_buffers() if n not in persistent
                                      and b.is_floating_point()),
             "artifact_model_bytes_at_init": size.model_bytes, "artifact_code_bytes": size.code_bytes,
+            "artifact_code_counted": size.code_counted, "artifact_model_code_bytes": size.model_code_bytes,
+            "artifact_submission_code_bytes": size.submission_code_bytes,
             "artifact_total_bytes_at_init": size.total_bytes, "artifact_cap_bytes": cap}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -327,9 +341,16 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
     if info["regenerated_numel"]:
         print(f"regenerated numbers   {info['regenerated_numel']:>13,}   (rebuilt from the config or a stored seed)")
     fits = "fits" if size.total_bytes <= cap else "OVER"
-    print(f"artifact at init      {size.total_bytes:>13,} bytes = model {size.model_bytes:,} + code "
-          f"{size.code_bytes:,}; cap {cap:,} ({fits}; trained weights usually compress less well)")
+    print(f"artifact at init      {size.total_bytes:>13,} bytes = model {size.model_bytes:,} + {size.code_counted} "
+          f"code {size.code_bytes:,}; cap {cap:,} ({fits}; trained weights usually compress less well)")
+    print(f"code bytes            model files {size.model_code_bytes:,}; with the harness's trainer (as a "
+          f"submission counts its script) {size.submission_code_bytes:,}")
     return 0
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**63:
+        raise UserError(f"--seed {seed} is out of range; use an integer from 0 to 2**63 - 1")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -374,8 +395,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.results import default_results_dir
 
     results_dir = args.results_dir or default_results_dir()
+    if not 0 < args.contended_below < 1:
+        raise UserError(f"--contended-below {args.contended_below} must be a fraction between 0 and 1 (e.g. 0.1)")
     if args.format == "md":
-        text = build_markdown(results_dir, args.budget, args.variant)
+        text = build_markdown(results_dir, args.budget, args.variant, args.contended_below)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text, encoding="utf-8")
@@ -387,7 +410,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out {out} should end in .html (use --format md for Markdown)")
     t0 = time.perf_counter()
-    built = build_report(results_dir, out, args.budget, args.variant)
+    built = build_report(results_dir, out, args.budget, args.variant, args.contended_below)
     print(f"wrote {built.index} ({built.runs:,} runs, {built.run_pages:,} run pages, "
           f"{', '.join(p.name for p in built.exports)}) in {time.perf_counter() - t0:.1f}s")
     return 0
@@ -400,10 +423,12 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.parallel < 1 or args.max_concurrent < 1:
         raise UserError("--parallel and --max-concurrent must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
     if args.spec is not None:
         if args.variant or args.grid or extra:
             raise UserError("give either a sweep file or --variant/--grid/parameters, not both")
-        plan = load_spec_file(args.spec, args.seeds, args.name)
+        plan = load_spec_file(args.spec, args.seeds, args.name, args.max_steps)
     else:
         if not args.variant or not args.budget:
             raise UserError("a command-line sweep needs --variant and --budget (or give a sweep file)")
@@ -416,7 +441,8 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
         if args.preset or preset:
             entry["presets"] = (args.preset or preset).split(",")
         name = args.name or f"{variant.name}-{Path(args.budget).stem}"
-        plan = expand(name, [entry], args.budget, list(range(1, (args.seeds or 1) + 1)), "command line")
+        plan = expand(name, [entry], args.budget, list(range(1, (args.seeds or 1) + 1)), "command line",
+                      args.max_steps)
     results_dir = args.results_dir or default_results_dir()
     options = slurm_options(args)
     if args.executor == "slurm" and not args.dry_run:
@@ -509,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if not getattr(exc, "explained", False):  # a bug keeps its traceback; a run's known failure is one line
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

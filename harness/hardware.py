@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from torch.utils import flop_counter
 
 from harness import REPO_ROOT, hooks
+from harness.metric import autocast
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; MFU is reported only for these devices.
 PEAK_BF16_FLOPS = {
@@ -42,7 +44,7 @@ def _cpu_flash_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, o
 
 def count_train_flops_per_token(scored: nn.Module, vocab_size: int, seq_len: int, device: torch.device,
                                 cache_file: Path | None = None, cache_key: str | None = None,
-                                tokens_per_step: int | None = None) -> int:
+                                tokens_per_step: int | None = None, autocast_dtype: torch.dtype | None = None) -> int:
     """FLOPs of one forward + backward on one sequence, per token, counted by torch's FlopCounterMode.
 
     Weights generated once per optimizer step (harness.hooks) are counted once, inside the step hooks, and
@@ -63,7 +65,8 @@ def count_train_flops_per_token(scored: nn.Module, vocab_size: int, seq_len: int
     with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as per_step:
         hooks.begin_step(scored)
     with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        loss, aux = scored(x, x)
+        with autocast(device, autocast_dtype):
+            loss, aux = scored(x, x)
         (loss + aux).backward()
     with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as per_step_backward:
         hooks.end_accumulation(scored, 1)
@@ -83,6 +86,61 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def calibrate(device: torch.device, repeats: int = 5) -> dict:
+    """How fast this machine is right now, off the clock: a fixed matmul and a memory copy on `device` (the
+    median of `repeats`), with the system load. Runs of one leaderboard on one kind of machine should agree;
+    one far below the others was starved (other jobs, throttling) and its wallclock-bound score is not
+    comparable. About 0.3 s on a CPU."""
+    cuda = device.type == "cuda"
+    n, dtype, copy_numel = (4096, torch.bfloat16, 1 << 28) if cuda else (512, torch.float32, 1 << 23)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
+    src = torch.randn(copy_numel, generator=g).to(device)
+    dst = torch.empty_like(src)
+    matmuls = 16 if cuda else 8
+
+    def timed(work) -> float:
+        work()  # warm: allocation, kernel selection
+        times = []
+        for _ in range(repeats):
+            if cuda:
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            work()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    def matmul() -> None:
+        for _ in range(matmuls):
+            torch.mm(a, b)
+
+    matmul_seconds, copy_seconds = timed(matmul), timed(lambda: dst.copy_(src))
+    return {"matmul_gflops": round(2 * n**3 * matmuls / matmul_seconds / 1e9, 2),
+            "copy_gbps": round(2 * src.numel() * src.element_size() / copy_seconds / 1e9, 2),
+            "load_average_1m": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or their indices)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def worker_env(slot: int, gpus: list[str], devices_per_worker: int = 1) -> dict[str, str]:
+    """Environment for the local worker in `slot` (0, 1, ...): its own GPUs, so N one-GPU workers on an N-GPU
+    machine do not all land on cuda:0. Workers beyond the GPUs share them round robin. Nothing without GPUs."""
+    if not gpus:
+        return {}
+    n = min(devices_per_worker, len(gpus))
+    first = slot * n % len(gpus)
+    return {"CUDA_VISIBLE_DEVICES": ",".join(gpus[(first + k) % len(gpus)] for k in range(n))}
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -107,7 +165,8 @@ def git_state() -> dict:
 def environment(device: torch.device, world_size: int) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "hostname": platform.node(), "cpu_count": os.cpu_count(), "device_type": device.type,
-            "world_size": world_size, "torch_threads": torch.get_num_threads()}
+            "world_size": world_size, "torch_threads": torch.get_num_threads(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if device.type == "cuda":
         info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                     device_count=torch.cuda.device_count())

@@ -33,6 +33,16 @@ def end_accumulation(model: nn.Module, world_size: int) -> None:
             module.end_accumulation(world_size)
 
 
+@torch.no_grad()
+def prepare_eval(model: nn.Module) -> None:
+    """Generate the evaluation weights of every GeneratedWeights module now, eagerly and outside autocast (as
+    begin_step does in training): a compiled evaluation then reads them as inputs instead of tracing the
+    generator into its graph (nca's growth loop, inlined, takes minutes to compile)."""
+    for module in model.modules():
+        if isinstance(module, GeneratedWeights):
+            module.weights()
+
+
 def metrics(model: nn.Module) -> dict[str, float]:
     return {k: float(v) for k, v in model.metrics().items()} if hasattr(model, "metrics") else {}
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness import hooks
 from harness.data.shards import read_shard
 from harness.data.tokenizers import ByteTables
 from harness.errors import UserError
@@ -87,6 +88,7 @@ def evaluate(scored: nn.Module, val: ValidationSet, batch_tokens: int, rank: int
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     was_training = scored.training
     scored.eval()
+    hooks.prepare_eval(scored)
     for start in range(first, last, seqs_per_batch):
         end = min(start + seqs_per_batch, last)
         chunk = val.tokens[start * val.seq_len:end * val.seq_len + 1].to(device, non_blocking=True).long()

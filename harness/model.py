@@ -89,14 +89,26 @@ def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def round_to_bf16_(t: Tensor) -> Tensor:
+    """Round a weight's values to bf16 in place, keeping its dtype: train_gpt.py casts its whole model to bf16
+    before restoring fp32 matrices, so the challenge's initial weights are bf16 values."""
+    with torch.no_grad():
+        return t.copy_(t.bfloat16())
+
+
 class CastedLinear(nn.Linear):
-    """Weights stay fp32 for the optimizer; the matmul runs in the activation dtype (bf16 under autocast)."""
+    """Weights stay fp32 for the optimizer; the matmul runs in the activation dtype (bf16 under autocast). The
+    initial weights are nn.Linear's, rounded to bf16 values as the challenge's are."""
 
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.zero_init = zero_init
         if zero_init:
             nn.init.zeros_(self.weight)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        round_to_bf16_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight.to(x.dtype))
@@ -120,7 +132,9 @@ class Rotary(nn.Module):
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), self.inv_freq.to(device))
+            # Positions in inv_freq's dtype, as train_gpt.py: bf16 under the challenge's precision (harness.precision).
+            positions = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
+            freqs = torch.outer(positions, self.inv_freq.to(device))
             self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
         return self._cache[2].to(dtype), self._cache[3].to(dtype)
 
@@ -203,12 +217,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = c
         self.tok_emb = nn.Embedding(c.vocab_size, c.model_dim)
-        nn.init.normal_(self.tok_emb.weight, mean=0.0, std=c.tied_embed_init_std)
         self.blocks = nn.ModuleList(blocks if blocks is not None else [Block(c) for _ in range(c.num_layers)])
         if order is None:
             order = c.layer_order() if hasattr(c, "layer_order") else list(range(len(self.blocks)))
         self.order = list(order)
         self.skip_weights = nn.Parameter(torch.ones(len(self.order) // 2, c.model_dim))
+        # After the blocks, as train_gpt.py's _init_weights: the blocks' inits draw the same random numbers.
+        round_to_bf16_(nn.init.normal_(self.tok_emb.weight, mean=0.0, std=c.tied_embed_init_std))
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return rms_norm(self.tok_emb(input_ids))

@@ -16,10 +16,12 @@ from torch import Tensor, nn
 from harness.model import CONTROL_TENSOR_PATTERNS
 
 
-def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
+def zeropower_via_newtonschulz5(G: Tensor, steps: int, dtype: torch.dtype = torch.bfloat16,
+                                eps: float = 1e-7) -> Tensor:
+    """The quintic Newton–Schulz iteration in `dtype`: bf16 as the challenge, fp32 for CPU runs in fp32, where bf16
+    matmuls are slower, not faster. The trainer compiles it (as train_gpt.py) when it compiles the model."""
     a, b, c = (3.4445, -4.7750, 2.0315)
-    # bf16 on GPUs (as the challenge); fp32 on CPUs, where bf16 matmuls are slower, not faster.
-    X = G.bfloat16() if G.is_cuda else G.float()
+    X = G.to(dtype)
     X = X / (X.norm() + eps)
     transposed = G.size(0) > G.size(1)
     if transposed:
@@ -32,8 +34,12 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Ten
 
 
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
+    """`orthogonalize` is the Newton–Schulz function (compiled or not) and `dtype` its dtype and the updates'."""
+
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
+                 dtype: torch.dtype = torch.bfloat16, orthogonalize=zeropower_via_newtonschulz5):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+        self.dtype, self.orthogonalize = dtype, orthogonalize
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -44,8 +50,7 @@ class Muon(torch.optim.Optimizer):
             params = group["params"]
             if not params:
                 continue
-            dtype = torch.bfloat16 if params[0].is_cuda else torch.float32
-            updates = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=dtype)
+            updates = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=self.dtype)
             offset = 0
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:
@@ -54,7 +59,7 @@ class Muon(torch.optim.Optimizer):
                     buf.mul_(group["momentum"]).add_(g)
                     if group["nesterov"]:
                         g = g.add(buf, alpha=group["momentum"])
-                    g = zeropower_via_newtonschulz5(g, steps=group["backend_steps"])
+                    g = self.orthogonalize(g, group["backend_steps"], self.dtype)
                     g *= max(1, g.size(0) / g.size(1)) ** 0.5  # scale correction from the Muon reference
                     updates[offset:offset + p.numel()] = g.reshape(-1)
                 offset += p.numel()
@@ -113,14 +118,16 @@ def check_groups(model: nn.Module, groups: list[ParamGroup]) -> None:
         raise ValueError(f"parameters in no param group (they would never train): {', '.join(missing[:5])}")
 
 
-def build_optimizers(model: nn.Module, c, fused: bool) -> tuple[list[torch.optim.Optimizer], Muon]:
-    """One Muon and one Adam over the model's param groups (its `param_groups(c)` hook, or the default split)."""
+def build_optimizers(model: nn.Module, c, fused: bool, muon_dtype: torch.dtype = torch.float32,
+                     orthogonalize=zeropower_via_newtonschulz5) -> tuple[list[torch.optim.Optimizer], Muon]:
+    """One Muon and one Adam over the model's param groups (its `param_groups(c)` hook, or the default split).
+    `muon_dtype` and `orthogonalize`: Muon's Newton–Schulz dtype and function (harness.precision, compiled)."""
     groups = model.param_groups(c) if hasattr(model, "param_groups") else default_param_groups(model, c)
     check_groups(model, groups)
     muon_groups = [{"params": g.params, "lr": g.lr} for g in groups if g.optimizer == "muon" and g.params]
     adam_groups = [{"params": g.params, "lr": g.lr} for g in groups if g.optimizer == "adam" and g.params]
     muon = Muon(muon_groups or [{"params": [], "lr": 0.0}], lr=c.matrix_lr, momentum=c.muon_momentum,
-                backend_steps=c.muon_backend_steps)
+                backend_steps=c.muon_backend_steps, dtype=muon_dtype, orthogonalize=orthogonalize)
     optimizers: list[torch.optim.Optimizer] = [muon]
     if adam_groups:
         optimizers.append(torch.optim.Adam(adam_groups, betas=(c.beta1, c.beta2), eps=c.adam_eps, fused=fused))

@@ -33,6 +33,7 @@ class Variant:
     doc: str = ""
     source_file: Path | None = None
     space: dict[str, Any] = field(default_factory=dict)  # harness.tune.space dimensions over config fields
+    graph_breaks: str = ""  # why the model cannot compile as one graph (empty: it compiles with fullgraph=True)
 
     def resolve(self, preset: str | None = None, budget_overrides: dict[str, Any] | None = None,
                 flags: dict[str, Any] | None = None, budget_name: str = "budget",
@@ -59,20 +60,37 @@ class Variant:
 _REGISTRY: dict[str, Variant] = {}
 
 
+# Options of run, show, sweep and tune: a config field of the same name would be shadowed by the option (as a
+# field `seed` once was by the training seed), so none may be declared. A test keeps this list in step with
+# the command line.
+RESERVED_FIELD_NAMES = frozenset({
+    "variant", "preset", "preset_file", "budget", "seed", "run_id", "results_dir", "data_root", "data_dir",
+    "tokenizer", "device", "compile", "precision", "max_steps", "quiet", "note", "json", "grid", "seeds", "name",
+    "executor", "parallel", "partition", "account", "qos", "cpus_per_task", "mem_gb", "margin_minutes",
+    "max_concurrent", "dry_run", "wait", "trials", "objectives", "search", "only", "pruner", "report_at",
+    "storage", "workers", "sampler_seed", "reeval_top", "reeval_seeds", "heartbeat_grace", "time_minutes",
+    "help", "spec"})
+
+
 def register(name: str, config: type, build: Callable[[Any], nn.Module], presets: dict | None = None,
-             doc: str = "", space: dict | None = None) -> Variant:
-    """Called once by each variant file: its family name, config dataclass, builder, named presets and the
-    search space `tune` explores (on top of the optimizer's; see harness/tune/space.py)."""
+             doc: str = "", space: dict | None = None, graph_breaks: str = "") -> Variant:
+    """Called once by each variant file: its family name, config dataclass, builder, named presets, the
+    search space `tune` explores (on top of the optimizer's; see harness/tune/space.py) and, for a model that
+    cannot compile as one graph, why not (it then compiles with graph breaks, which the record counts)."""
     from harness.tune.space import check
 
     if not dataclasses.is_dataclass(config):
-        raise TypeError(f"variant {name!r}: config must be a dataclass")
+        raise UserError(f"variant {name!r}: config must be a dataclass")
+    clash = sorted({f.name for f in dataclasses.fields(config)} & RESERVED_FIELD_NAMES)
+    if clash:
+        raise UserError(f"variant {name!r}: config field {clash[0]!r} has the name of a command-line option; "
+                        f"rename it (e.g. {clash[0]}_{name})")
     check(dict(space or {}), config, f"variant {name}")
     caller = Path(sys._getframe(1).f_globals.get("__file__", "")).resolve()
     existing = _REGISTRY.get(name)
     if existing is not None and existing.source_file != caller:
         raise UserError(f"variant {name!r} is registered twice: {existing.source_file} and {caller}")
-    variant = Variant(name, config, build, dict(presets or {}), doc, caller, dict(space or {}))
+    variant = Variant(name, config, build, dict(presets or {}), doc, caller, dict(space or {}), graph_breaks)
     _REGISTRY[name] = variant
     return variant
 

@@ -12,11 +12,8 @@ import json
 import math
 import os
 import random
-import sys
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,48 +23,16 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import harness
-from harness import artifact, checkpoint, hardware, hooks
-from harness.budget import Budget
+from harness import artifact, attention, checkpoint, compilation, hardware, hooks, precision
 from harness.config import as_dict, stable_hash
 from harness.data.datasets import default_data_root, resolve_dataset
 from harness.data.loader import DistributedTokenLoader, plan_accumulation
 from harness.errors import UserError
 from harness.metric import ScoredModel, autocast, evaluate, load_validation
-from harness.optim import build_optimizers
+from harness.optim import build_optimizers, zeropower_via_newtonschulz5
 from harness.registry import Variant
 from harness.results import SCHEMA_VERSION, default_results_dir, new_run_id, thin_curve, write_curve, write_json_atomic
-
-
-@dataclass
-class RunSpec:
-    variant: Variant
-    config: Any
-    budget: Budget
-    preset: str | None = None
-    seed: int = 1337
-    run_id: str | None = None
-    results_dir: Path | None = None
-    data_root: Path | None = None
-    data_dir: Path | None = None
-    tokenizer: Path | None = None
-    device: str | None = None        # overrides the budget's device kind ("cpu" to run a CUDA budget here)
-    compile: bool | None = None      # None: compile on CUDA, not on CPU
-    max_steps: int | None = None     # overrides the budget's step cap (tests, quick checks)
-    quiet: bool = False
-    note: str | None = None          # free text kept in the record (what this run is for)
-    resume: bool = False             # continue from the run folder's checkpoint with the clock it had left
-    sweep: dict | None = None        # {"name", "params"}: the sweep this run belongs to, kept in the record
-    study: dict | None = None        # {"name", "trial", "params", ...}: the tuning study this run is a trial of
-    # Pruning: validate when this fraction of the clock (or of the step cap) is spent, and stop the run as
-    # "pruned" if on_report(fraction, val_bpb, step) says so.
-    report_fractions: tuple[float, ...] = ()
-    on_report: Callable[[float, float, int], bool] | None = None
-    command: list[str] = field(default_factory=lambda: list(sys.argv))
-
-    def config_hash(self) -> str:
-        budget = {k: v for k, v in self.budget.to_dict().items() if k != "source"}
-        return stable_hash({"variant": self.variant.name, "config": as_dict(self.config), "budget": budget,
-                            "seed": self.seed})
+from harness.runspec import RunSpec
 
 
 class Log:
@@ -92,6 +57,15 @@ class Log:
             self.file.write(msg + "\n")
         else:
             self.pending.append(msg)
+
+
+class RunFailed(RuntimeError):
+    """A run that ended `failed` (its record says why). `explained`: the reason is one line for a person (the
+    recompile limit), not a bug whose traceback matters."""
+
+    def __init__(self, message: str, explained: bool = False):
+        super().__init__(message)
+        self.explained = explained
 
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -143,10 +117,23 @@ def accumulate(trainer, model, batches, accumulation: int, world_size: int, devi
     return train_loss / accumulation
 
 
-def wrap_for_training(scored, model, use_compile: bool, world_size: int, device: torch.device, local_rank: int):
+def build_model(variant: Variant, config, seed: int, device: torch.device, scheme: str) -> torch.nn.Module:
+    """The variant's model at `seed`, built on the CPU so a seed gives the same init on any device, then moved
+    to `device` with the precision scheme's dtypes."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model = variant.build(config)
+    model.to(device)
+    precision.apply(model, scheme)
+    return model
+
+
+def wrap_for_training(scored, model, use_compile: bool, fullgraph: bool, world_size: int,
+                      device: torch.device, local_rank: int):
     """(compiled, trainer): torch.compile if asked, then DDP across ranks. Parameters of generated weights are
     left out of DDP: their gradients arrive once per step through end_accumulation, which averages them."""
-    compiled = torch.compile(scored, dynamic=False) if use_compile else scored
+    compiled = compilation.compile_model(scored, fullgraph) if use_compile else scored
     if world_size == 1:
         return compiled, compiled
     DDP._set_params_and_buffers_to_ignore_for_model(compiled, hooks.generator_parameter_names(compiled))
@@ -168,11 +155,14 @@ def run(spec: RunSpec) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # Parameters stay fp32 and matmuls run in bf16 under autocast on CUDA (train_gpt.py also keeps its
-    # embedding in bf16; here every variant gets the same fp32 master weights). CPUs run plain fp32.
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    scheme = spec.precision or precision.default_precision(device.type)
+    autocast_dtype = precision.compute_dtype(device.type, scheme)
     use_compile = spec.compile if spec.compile is not None else device.type == "cuda"
+    fullgraph = not spec.variant.graph_breaks
     max_steps = spec.max_steps if spec.max_steps is not None else b.max_steps
+    # Compiling happens in the first step: a budget without warm-up (CPU budgets) gets one when compiled, so the
+    # compile is never charged to the clock.
+    warmup_steps = max(b.warmup_steps, 1) if use_compile else b.warmup_steps
 
     if master:
         dataset = resolve_dataset(b.dataset, spec.data_root, spec.data_dir, spec.tokenizer, log=log)
@@ -188,23 +178,24 @@ def run(spec: RunSpec) -> dict:
     val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
     val_batch_tokens = b.tokens_per_step // (world_size * accumulation)
 
-    random.seed(spec.seed)
-    np.random.seed(spec.seed)
-    torch.manual_seed(spec.seed)
-    model = spec.variant.build(c)  # built on the CPU so a seed gives the same init on any device
-    model.to(device)
+    model = build_model(spec.variant, c, spec.seed, device, scheme)
     scored = ScoredModel(model).to(device)
     param_count = sum(p.numel() for p in model.parameters())
     stored_param_count = artifact.stored_numel(hooks.exported_state(model))
     code_files = artifact.model_source_files(model, spec.variant.source_file)
     flops_key = stable_hash({"code": [p.read_text() for p in code_files], "config": as_dict(c), "seq_len": b.seq_len,
-                             "tokens_per_step": b.tokens_per_step,
+                             "tokens_per_step": b.tokens_per_step, "precision": scheme,
                              "torch": torch.__version__, "device": device.type})
     flops_cache = (spec.data_root or default_data_root()) / "cache" / "flops.json"
     flops_per_token = hardware.count_train_flops_per_token(scored, c.vocab_size, b.seq_len, device,
-                                                           flops_cache, flops_key, b.tokens_per_step)
-    optimizers, muon = build_optimizers(model, c, fused=device.type == "cuda")
-    compiled, trainer = wrap_for_training(scored, model, use_compile, world_size, device, local_rank)
+                                                           flops_cache, flops_key, b.tokens_per_step, autocast_dtype)
+    attention_found = attention.probe(model, c.vocab_size, b.seq_len, device, autocast_dtype)
+    attention_kernel = attention.pin(device, attention_found)
+    compilation.start(use_compile)
+    optimizers, muon = build_optimizers(
+        model, c, fused=device.type == "cuda", muon_dtype=autocast_dtype or torch.float32,
+        orthogonalize=compilation.compile_newton_schulz() if use_compile else zeropower_via_newtonschulz5)
+    compiled, trainer = wrap_for_training(scored, model, use_compile, fullgraph, world_size, device, local_rank)
 
     config_hash = spec.config_hash()
     run_id = spec.run_id or new_run_id(spec.variant.name, b.name, spec.seed, config_hash)
@@ -222,9 +213,13 @@ def run(spec: RunSpec) -> dict:
         "environment": hardware.environment(device, world_size),
         "hardware_matches_budget": device.type == b.device and world_size == b.device_count,
         "dataset": dataset.name, "dataset_hash": dataset.content_hash, "tokenizer": dataset.tokenizer.name,
-        "tokenizer_hash": dataset.tokenizer.content_hash, "val_tokens": val.target_tokens,
+        "tokenizer_hash": dataset.tokenizer.content_hash, "tokenizer_check": dataset.tokenizer_check,
+        "val_tokens": val.target_tokens,
         "val_bytes": val.target_bytes, "tokens_per_byte": val.target_tokens / val.target_bytes,
         "world_size": world_size, "grad_accumulation": accumulation, "compiled": use_compile,
+        "warmup_steps": warmup_steps,
+        "precision": scheme, "attention": {"kernel": attention_kernel, **attention_found},
+        "overrides": spec.overrides(world_size),
         "param_count": param_count, "stored_param_count": stored_param_count,
         "model_flops_per_token": flops_per_token,
     }
@@ -300,6 +295,7 @@ def run(spec: RunSpec) -> dict:
 
     def finish(final_status: str) -> None:
         record["status"] = final_status
+        record["compile"] = compilation.stats(use_compile, fullgraph)
         if master:
             record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             record["wallclock_seconds_total"] = time.perf_counter() - t_start
@@ -313,12 +309,13 @@ def run(spec: RunSpec) -> dict:
 
     try:
         # ------------------------------------------------------------------ WARM-UP (untimed, undone)
+        record["calibration"] = {"before": hardware.calibrate(device)}  # how fast this machine is now (off the clock)
         t_warm = time.perf_counter()
         record["setup_seconds"] = t_warm - t_start
-        if b.warmup_steps > 0:
+        if warmup_steps > 0:
             initial_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
             initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-            for i in range(b.warmup_steps):
+            for i in range(warmup_steps):
                 train_step(i, 0.0)
             model.load_state_dict(initial_model)
             for opt, state in zip(optimizers, initial_opts):
@@ -326,7 +323,7 @@ def run(spec: RunSpec) -> dict:
             loader = DistributedTokenLoader(dataset.train_files, rank, world_size, device)
         sync()
         record["warmup_seconds"] = time.perf_counter() - t_warm
-        log(f"warm-up: {b.warmup_steps} steps in {record['warmup_seconds']:.1f}s (not charged; state restored)")
+        log(f"warm-up: {warmup_steps} steps in {record['warmup_seconds']:.1f}s (not charged; state restored)")
         if spec.resume:
             progress = checkpoint.load(run_dir / CHECKPOINT_FILE, model, optimizers, loader)
             step, training_ms, curve = progress["step"], progress["training_ms"], progress["curve"]
@@ -407,10 +404,12 @@ def run(spec: RunSpec) -> dict:
         status = "interrupted"
         log(f"interrupted at step {step}; writing what the run produced")
     except Exception as exc:
-        status, error, failure = "failed", f"{type(exc).__name__}: {exc}", exc
+        status, error, failure = "failed", compilation.explain(exc) or f"{type(exc).__name__}: {exc}", exc
         log(traceback.format_exc(), console=False)  # stderr gets it from the re-raise below
     if status in ("interrupted", "failed") and step and curve:
         training_ms = 1000.0 * curve[-1]["seconds"]  # the clock as of the last completed step
+    if status != "interrupted":
+        record["calibration"]["after"] = hardware.calibrate(device)
 
     record.update(steps=step, tokens_seen=step * b.tokens_per_step, train_seconds=training_ms / 1000.0,
                   ms_per_step=training_ms / step if step and training_ms else None,
@@ -426,7 +425,8 @@ def run(spec: RunSpec) -> dict:
         return record
     if status == "failed":
         finish(status)
-        raise RuntimeError(f"run {run_id} failed: {error} (record and log in {run_dir})") from failure
+        raise RunFailed(f"run {run_id} failed: {error} (record and log in {run_dir})",
+                        explained=compilation.explain(failure) is not None) from failure
 
     try:
         # ------------------------------------------------------------------ FINAL EVAL
@@ -441,11 +441,13 @@ def run(spec: RunSpec) -> dict:
 
         # ------------------------------------------------------------------ EXPORT + ROUND TRIP
         blob = artifact.compress(hooks.exported_state(model))
-        size = artifact.measure(blob, code_files)
+        size = artifact.measure(blob, code_files, b.code_bytes)
         if master:
             (run_dir / "model.int8.ptz").write_bytes(blob)
         record.update(artifact_model_bytes=size.model_bytes, artifact_code_bytes=size.code_bytes,
                       artifact_total_bytes=size.total_bytes, artifact_cap_bytes=b.artifact_cap_bytes,
+                      artifact_code_counted=size.code_counted, artifact_model_code_bytes=size.model_code_bytes,
+                      artifact_submission_code_bytes=size.submission_code_bytes,
                       artifact_code_files=[os.path.relpath(p, harness.REPO_ROOT) for p in size.code_files])
         if status == "running":
             # The round trip scores a model rebuilt from the artifact alone, copied into the compiled one.
@@ -456,17 +458,19 @@ def run(spec: RunSpec) -> dict:
             record["eval_seconds_post_quant"] = time.perf_counter() - t_eval
             log(f"int8+zlib round trip: val_loss {record['val_loss_post_quant']:.4f} | "
                 f"val_bpb {record['val_bpb_post_quant']:.4f} | artifact {size.total_bytes:,} bytes "
-                f"(model {size.model_bytes:,} + code {size.code_bytes:,}; cap {b.artifact_cap_bytes:,})")
+                f"(model {size.model_bytes:,} + {size.code_counted} code {size.code_bytes:,}; "
+                f"cap {b.artifact_cap_bytes:,})")
             status = ("over_cap" if size.total_bytes > b.artifact_cap_bytes else
                       "over_eval_limit" if record["eval_seconds_post_quant"] > b.eval_seconds_limit else "ok")
     except KeyboardInterrupt:
         status = "interrupted"
         log("interrupted during evaluation; writing what the run produced")
     except Exception as exc:
-        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["error"] = compilation.explain(exc) or f"{type(exc).__name__}: {exc}"
         log(traceback.format_exc(), console=False)  # stderr gets it from the re-raise below
         finish("failed")
-        raise RuntimeError(f"run {run_id} failed: {record['error']} (record and log in {run_dir})") from exc
+        raise RunFailed(f"run {run_id} failed: {record['error']} (record and log in {run_dir})",
+                        explained=compilation.explain(exc) is not None) from exc
 
     # ------------------------------------------------------------------ RECORD
     finish(status)

@@ -5,6 +5,7 @@ prove that it rejects deliberately broken plugins."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,16 +21,22 @@ from harness.train import accumulate
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = {"vocab_size": 64, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2}
 SEQ_LEN = 32
+# Causality is checked on sequences that cross every chunked code path: three of agents' 64-token EMA chunks,
+# 24 of mps's 8-token scan chunks. The positions sit on both sides of chunk boundaries.
+CAUSAL_SEQ_LEN = 192
+CAUSAL_POSITIONS = (0, 7, 8, 63, 64, 100, 127, 128, 190)
 
 
 # Options no preset switches on, checked too: (family, preset, changes).
 OPTIONS = [
     ("depth_recurrence", "r34x2", {"per_pass": "scale"}),
     ("depth_recurrence", "r34x2", {"per_pass": "embed"}),
-    ("mla", "latent64", {"latent_norm": True, "rope_dim": 8}),
+    ("mla", "gqa_latent64", {"latent_norm": True, "rope_dim": 8, "q_latent_dim": 16}),  # GQA form, all options
+    ("mla", None, {"q_latent_dim": 0, "latent_norm": False}),  # DeepSeek-V2 form, decoupled RoPE from x
     ("pause_tokens", "p4i64", {"pause_interval": 5}),  # test sequences are short: make the pauses occur
     ("pause_tokens", "p8i32", {"pause_interval": 12, "delay_readout": True}),
-    ("basis_sharing", "r64", {"group_size": 1}),
+    ("basis_sharing", "output_basis_r64", {"group_size": 1}),
+    ("basis_sharing", "input_basis_r64", {"group_size": 1, "shared_kinds": ("q", "o", "proj")}),  # shared zero-init C
 ]
 
 
@@ -57,6 +64,31 @@ def tiny(name: str, preset: str | None = None, **changes):
     if "num_layers" not in (variant.presets.get(preset, {}) if preset else {}):
         flags["num_layers"] = 2
     return variant, variant.resolve(preset, None, {**flags, **changes})
+
+
+# Compile checks build each configuration at the least depth it allows: compile time grows with the unrolled
+# graph, and a preset's kind of graph does not change with its depth or step count.
+COMPILE_SIZE = {"max_ponder_steps": 2}
+
+
+def compile_size(name: str, preset: str | None = None, **changes):
+    """(variant, config) for a compile check: `tiny` at one layer, the fields in COMPILE_SIZE at their small
+    values, and a preset's repeated layers moved to the front (r345x2 repeats layers 0, 1, 2 of three)."""
+    variant, _ = get_variant(name)
+    values = {**(variant.presets.get(preset, {}) if preset else {}), **changes}
+    fields = {f.name for f in dataclasses.fields(variant.config_cls)}
+    small = {k: v for k, v in COMPILE_SIZE.items() if k in fields and k not in changes}
+    repeats = values.get("repeat_layers") or ()
+    if repeats:
+        small["repeat_layers"] = tuple(range(len(repeats)))
+    return variant, variant.resolve(preset, None, {**TINY, "num_layers": max(1, len(repeats)), **small, **changes})
+
+
+def structure(variant, config) -> tuple:
+    """What decides a configuration's code paths: its family, its flags, strings and tuples, and which of its
+    numbers are zero (a 0 often switches a part off). Configurations that differ only in nonzero sizes share it."""
+    return (variant.name, *((f.name, v if isinstance(v, bool | str | tuple) else v == 0)
+                            for f in dataclasses.fields(config) for v in [getattr(config, f.name)]))
 
 
 def build(variant, config, seed: int = 0):
@@ -106,16 +138,16 @@ def shape_problems(model, config) -> list[str]:
     return problems
 
 
-def causality_problems(model, config, positions=(0, 7, SEQ_LEN // 2, SEQ_LEN - 2)) -> list[str]:
+def causality_problems(model, config, positions=CAUSAL_POSITIONS, seq_len: int = CAUSAL_SEQ_LEN) -> list[str]:
     """Changing the tokens after t must leave the logits at 0..t unchanged."""
     model.eval()
-    x = random_tokens(config, seed=1)
+    x = random_tokens(config, seq_len=seq_len, seed=1)
     base = logits_of(model, x)
     problems = []
     for t in positions:
+        later = random_tokens(config, seq_len=seq_len, seed=2 + t)[:, t + 1:]
         y = x.clone()
-        y[:, t + 1:] = (y[:, t + 1:] + 1 + random_tokens(config, seed=2 + t)[:, t + 1:] % (config.vocab_size - 1)) \
-            % config.vocab_size
+        y[:, t + 1:] = (y[:, t + 1:] + 1 + later % (config.vocab_size - 1)) % config.vocab_size
         changed = logits_of(model, y)
         diff = (changed[:, :t + 1] - base[:, :t + 1]).abs().max().item()
         if diff > 1e-5:

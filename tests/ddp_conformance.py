@@ -16,7 +16,7 @@ from harness.train import accumulate, wrap_for_training
 
 def step(model, config, batches, world_size):
     scored = ScoredModel(model)
-    _, trainer = wrap_for_training(scored, model, False, world_size, torch.device("cpu"), 0)
+    _, trainer = wrap_for_training(scored, model, False, True, world_size, torch.device("cpu"), 0)
     optimizers, _ = build_optimizers(model, config, fused=False)
     accumulate(trainer, model, batches, len(batches) if world_size == 1 else 1, world_size, torch.device("cpu"),
                None)

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -74,3 +75,39 @@ def test_flags_become_typed_config_values_in_layer_order():
         parse_config_flags(GPTConfig, ["--matrix-lr", "fast"])
     with pytest.raises(UserError, match="needs a value"):
         parse_config_flags(GPTConfig, ["--num-layers"])
+
+
+def test_no_config_field_shadows_a_command_line_option():
+    """`--seed` is the training seed everywhere: a variant field of the same name would be set by `show` and
+    silently ignored by `run`, so registration refuses it, and the reserved names cover every option."""
+    import argparse
+
+    from harness.cli import build_parser
+    from harness.registry import RESERVED_FIELD_NAMES, known_variant_names, register
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    options = {a.dest for name in ("run", "show", "sweep", "tune") for a in commands[name]._actions}
+    assert options - {"help"} <= RESERVED_FIELD_NAMES
+    for name in known_variant_names():
+        fields = {f.name for f in dataclasses.fields(get_variant(name)[0].config_cls)}
+        assert not fields & RESERVED_FIELD_NAMES, name
+
+    @dataclasses.dataclass(frozen=True)
+    class Clashing(GPTConfig):
+        seed: int = 3
+
+    with pytest.raises(UserError, match="config field 'seed' has the name of a command-line option"):
+        register("clashing", config=Clashing, build=GPT)
+
+
+def test_a_generator_seed_is_a_parameter_and_the_training_seed_is_not():
+    from conftest import harness_main
+
+    shown = [json.loads(harness_main("show", "nca", "--json", "--seed", str(s), "--num-layers", "1",
+                                     "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1").stdout)
+             for s in (1, 2)]
+    assert shown[0]["config"] == shown[1]["config"] and shown[0]["config"]["generator_seed"] == 1234
+    own = json.loads(harness_main("show", "nca", "--json", "--generator-seed", "5", "--num-layers", "1",
+                                  "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1").stdout)
+    assert own["config"]["generator_seed"] == 5

@@ -145,3 +145,26 @@ def test_show_counts_what_eigenweight_stores_at_full_size():
     assert info["stored_param_count"] == info["param_count"] == expected
     assert info["sources"]["rank"] == "preset" and info["sources"]["model_dim"] == "default"
     assert 0 < info["artifact_model_bytes_at_init"] < 16_000_000
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_a_training_step_runs_under_the_challenges_precision(config):
+    """bf16 embeddings and RoPE tables, fp32 matrices, bf16 autocast (the default on CUDA): every family's
+    forward, backward and optimizer step must take the mixed dtypes."""
+    from harness.metric import ScoredModel
+    from harness.optim import build_optimizers
+    from harness.train import accumulate, build_model
+
+    name, preset, changes = config
+    variant, c = cf.tiny(name, preset, **changes)
+    model = build_model(variant, c, 0, torch.device("cpu"), "challenge")
+    optimizers, _ = build_optimizers(model, c, fused=False, muon_dtype=torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = cf.copy_pairs(c, 2, seed=1)
+    loss = accumulate(ScoredModel(model), model, [(x, y)], 1, 1, torch.device("cpu"), torch.bfloat16)
+    for opt in optimizers:
+        opt.step()
+    assert math.isfinite(loss.item())
+    after = model.state_dict()
+    assert all(after[k].dtype == before[k].dtype for k in before)
+    assert any(not torch.equal(after[k], before[k]) for k in before)

@@ -20,6 +20,8 @@ REQUIRED_FIELDS = [
     "train_seconds", "ms_per_step", "tokens_per_second", "model_flops_per_token", "mfu", "peak_memory_bytes",
     "param_count", "val_loss", "val_bpb", "val_loss_post_quant", "val_bpb_post_quant", "artifact_model_bytes",
     "artifact_code_bytes", "artifact_total_bytes", "curve", "wallclock_seconds_total", "outside_training_fraction",
+    "precision", "attention", "compile", "calibration", "overrides", "tokenizer_check", "artifact_code_counted",
+    "artifact_model_code_bytes", "artifact_submission_code_bytes",
 ]
 
 
@@ -38,6 +40,10 @@ def test_smoke_run_learns_far_below_the_unigram_entropy(tmp_path):
     assert 60.0 <= record["train_seconds"] <= 60.0 + last_step_seconds + 0.05
     assert record["environment"]["torch"] and record["environment"]["device_type"] == "cpu"
     assert record["artifact_total_bytes"] == record["artifact_model_bytes"] + record["artifact_code_bytes"]
+    assert record["artifact_code_bytes"] == record["artifact_submission_code_bytes"] > 100_000
+    assert record["overrides"] == [] and record["precision"] == "fp32" and record["compile"] == {"enabled": False}
+    assert record["attention"]["calls"] == record["config"]["num_layers"] == record["attention"]["flash_calls"]
+    assert all(record["calibration"][when]["matmul_gflops"] > 0 for when in ("before", "after"))
     assert (results / record["run_id"] / "model.int8.ptz").stat().st_size == record["artifact_model_bytes"]
     assert "final: val_loss" in (results / record["run_id"] / "log.txt").read_text()
     assert any("val_bpb" in point for point in record["curve"][:-1]), "no validation during training"

@@ -31,8 +31,8 @@ from harness.registry import register
 
 @dataclass(frozen=True)
 class NCAConfig(GPTConfig):
-    seed: int = param(1234, "seed of the initial cell grids (regenerated from it, never stored)", low=0,
-                      high=2**31 - 1)
+    generator_seed: int = param(1234, "seed of the initial cell grids (regenerated from it, never stored; --seed "
+                                "is the training seed)", low=0, high=2**31 - 1)
     nca_steps: int = param(50, "growth steps of the automaton per weight generation", low=1, high=1000)
     channels: int = param(8, "state channels per cell (one cell per weight); channel 0 is the weight", low=1,
                           high=64)
@@ -89,7 +89,7 @@ class CellularWeights(GeneratedWeights):
         for kind, (out, fan_in) in block_matrix_shapes(c).items():
             self.rules[kind] = Rule(c, fan_in, zero_gain=kind in ("o", "proj"))
             grid = torch.randn(c.num_layers, c.channels, out, fan_in,
-                               generator=seeded_generator(c.seed, "grid_" + kind))
+                               generator=seeded_generator(c.generator_seed, "grid_" + kind))
             self.register_buffer("grid_" + kind, grid, persistent=False)
         self.register_buffer("filters", perception_filters(), persistent=False)
 

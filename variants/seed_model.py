@@ -2,11 +2,12 @@
 
 Training in a random subspace, as in Li et al., "Measuring the Intrinsic Dimension of Objective Landscapes"
 (ICLR 2018), with the projection P made by the hashing trick of HashedNets (Chen et al., ICML 2015) so that it
-costs no memory to store: every block matrix weight is its baseline init (θ₀, drawn from `seed`; zero for the
-o/proj output projections, as the baseline) plus the sum of `hash_terms` signed entries of φ at seeded random
-positions, scaled per tensor so that a unit-RMS φ moves a matrix by its init RMS. φ (`phi_dim` numbers) starts
-at zero, so the model starts exactly at the baseline's init. Stored: φ, the tied embedding (an ordinary
-parameter, not in the subspace) and the control tensors, ~0.55M numbers; θ₀ and P are regenerated from `seed`.
+costs no memory to store: every block matrix weight is its baseline init (θ₀, drawn from `generator_seed`; zero
+for the o/proj output projections, as the baseline) plus the sum of `hash_terms` signed entries of φ at seeded
+random positions, scaled per tensor so that a unit-RMS φ moves a matrix by its init RMS. φ (`phi_dim` numbers)
+starts at zero, so the model starts exactly at the baseline's init. Stored: φ, the tied embedding (an ordinary
+parameter, not in the subspace) and the control tensors, ~0.55M numbers; θ₀ and P are regenerated from
+`generator_seed` (its own name: `--seed` is the training seed, which draws the other parameters' init).
 Expected effect: a tiny artifact and a far worse loss than the baseline, since ~2k numbers steer 17M weights.
 """
 
@@ -27,8 +28,8 @@ from harness.registry import register
 
 @dataclass(frozen=True)
 class SeedConfig(GPTConfig):
-    seed: int = param(1234, "seed of θ₀ and of the hashed projection (regenerated from it, never stored)", low=0,
-                      high=2**31 - 1)
+    generator_seed: int = param(1234, "seed of θ₀ and of the hashed projection (regenerated from it, never "
+                                "stored; --seed is the training seed)", low=0, high=2**31 - 1)
     phi_dim: int = param(2048, "dimension of the trained vector φ that all block matrices are projected from",
                          low=1, high=2**24)
     hash_terms: int = param(4, "signed φ entries summed into each weight (nonzeros per row of P)", low=1, high=64)
@@ -49,12 +50,12 @@ class SubspaceWeights(GeneratedWeights):
             bound = 1 / math.sqrt(fan_in)  # nn.Linear's default init: U(-bound, bound), RMS bound/sqrt(3)
             self.scale[kind] = bound / math.sqrt(3 * c.hash_terms)
             if kind not in self.zero_init:
-                u = torch.rand(shape, generator=seeded_generator(c.seed, "theta0_" + kind))
+                u = torch.rand(shape, generator=seeded_generator(c.generator_seed, "theta0_" + kind))
                 self.register_buffer("theta0_" + kind, (2 * u - 1) * bound, persistent=False)
             # An index into [φ, -φ] carries the sign too. int32: 4 bytes × hash_terms per weight (~264 MB at the
             # default 17M weights × 4 terms), far less than storing or regenerating a dense P.
             index = torch.randint(0, 2 * c.phi_dim, (c.hash_terms, *shape), dtype=torch.int32,
-                                  generator=seeded_generator(c.seed, "index_" + kind))
+                                  generator=seeded_generator(c.generator_seed, "index_" + kind))
             self.register_buffer("index_" + kind, index, persistent=False)
 
     def generate(self) -> dict[str, Tensor]:

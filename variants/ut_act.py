@@ -8,7 +8,8 @@ halted its state is frozen, though later tokens still attend to it. Training add
 ponder_weight · mean(N + R). All steps run densely under masks (no data-dependent exit, so it compiles);
 metrics() reports the mean steps per token of the last evaluation. --num-layers is unused: depth is
 --max-ponder-steps. Stored: one block, the step embeddings and the halting unit, about 1/9 of the baseline's
-numbers at the baseline's compute per step; expected: worse than the baseline per FLOP, far smaller.
+numbers; computed: every step runs densely, so 12 applications cost 12/9 ≈ 1.33× the baseline's block compute
+per token (20 cost 2.2×). Expected: worse than the baseline per FLOP, far smaller.
 """
 
 from __future__ import annotations
