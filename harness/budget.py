@@ -42,6 +42,9 @@ class Budget:
     # A hard cap on optimizer steps (the clock usually binds first) and untimed warm-up steps.
     max_steps: int = 20000
     warmup_steps: int = 20
+    # Which code bytes count towards the cap: "submission" (the model's files and the harness modules that train
+    # and score it, as the challenge counts its whole script) or "model" (the model's files only).
+    code_bytes: str = "submission"
     # Config overrides for tiny budgets, e.g. a smaller model (applied before presets and CLI flags).
     model: dict[str, Any] = field(default_factory=dict)
     source: str = ""
@@ -94,6 +97,8 @@ def check_budget(b: Budget, path: Path) -> None:
         value = getattr(b, name)
         if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
             raise bad(f"{name} must be a non-negative number, got {value!r}")
+    if b.code_bytes not in ("submission", "model"):
+        raise bad(f"code_bytes must be 'submission' or 'model', got {b.code_bytes!r}")
     if b.device not in ("cuda", "cpu"):
         raise bad(f"device must be 'cuda' or 'cpu', got {b.device!r}")
     if b.train_wallclock_seconds <= 0 or b.seq_len <= 0 or b.tokens_per_step <= 0 or b.device_count <= 0:

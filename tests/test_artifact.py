@@ -54,12 +54,35 @@ def test_loading_never_unpickles_arbitrary_objects(tmp_path):
         artifact.decompress(blob)
 
 
-def test_code_bytes_count_the_variant_file_and_the_model_sources():
+def test_model_code_bytes_count_the_variant_file_and_the_model_sources():
     from harness import REPO_ROOT
 
     model = GPT(GPTConfig(num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1))
     files = artifact.model_source_files(model, REPO_ROOT / "variants" / "baseline.py")
     assert sorted(f.name for f in files) == ["baseline.py", "model.py"]
-    size = artifact.measure(b"x" * 10, files)
-    assert size.code_bytes == sum(len(f.read_bytes()) for f in files)
+    size = artifact.measure(b"x" * 10, files, "model")
+    assert size.code_bytes == size.model_code_bytes == sum(len(f.read_bytes()) for f in files)
     assert size.total_bytes == 10 + size.code_bytes
+
+
+def test_code_bytes_count_the_trainer_as_the_challenge_counts_its_script():
+    """The challenge counts its whole train_gpt.py; the nearest equivalent here is the model's files plus the
+    harness modules a run imports to train and score it (not the report, sweep or tuning code)."""
+    from harness import REPO_ROOT
+    from harness.registry import get_variant
+
+    trainer = {p.relative_to(REPO_ROOT).as_posix() for p in artifact.trainer_source_files()}
+    assert {"harness/train.py", "harness/metric.py", "harness/artifact.py", "harness/optim.py", "harness/model.py",
+            "harness/data/loader.py", "harness/data/tokenizers.py"} <= trainer
+    assert not any(n.startswith(("harness/report", "harness/sweep", "harness/tune", "harness/cli")) for n in trainer)
+    variant, _ = get_variant("mla")
+    model = variant.build(variant.resolve(None, None, {"num_layers": 1, "model_dim": 32, "num_heads": 2,
+                                                      "num_kv_heads": 1}))
+    model_files = artifact.model_source_files(model, variant.source_file)
+    files = set(model_files) | set(artifact.trainer_source_files())
+    size = artifact.measure(b"0" * 10, model_files)
+    assert size.code_counted == "submission" and size.total_bytes == 10 + size.code_bytes
+    assert size.code_bytes == size.submission_code_bytes == sum(p.stat().st_size for p in files)
+    assert size.model_code_bytes == sum(p.stat().st_size for p in model_files) < size.code_bytes
+    model_only = artifact.measure(b"0" * 10, model_files, "model")
+    assert model_only.code_bytes == size.model_code_bytes and len(model_only.code_files) == len(model_files)

@@ -24,3 +24,9 @@ def test_builtin_dataset_uses_the_challenge_tokenizer_settings_and_bos_per_docum
     assert val[0] == sp.bos_id()
     assert (val == sp.bos_id()).sum() == ds.meta["val_documents"]
     assert resolve_dataset("builtin").content_hash == ds.content_hash  # cached: built once
+
+
+def test_the_builtin_dataset_records_the_hash_of_its_tokenizer():
+    ds = resolve_dataset("builtin", log=lambda *_: None)
+    assert ds.meta["tokenizer_sha256"] == ds.tokenizer.content_hash
+    assert ds.tokenizer_check == "sha256 recorded with the dataset"

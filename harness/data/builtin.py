@@ -87,6 +87,19 @@ def split_documents(docs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return val, [t for _, t in docs[len(val):]]
 
 
+def record_tokenizer_hash(directory: Path) -> Path:
+    """Add the tokenizer's hash to a corpus built before datasets recorded it (the tokenizer beside the shards is
+    the one that made them: they are built together)."""
+    meta_path = directory / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if "tokenizer_sha256" not in meta:
+        meta["tokenizer_sha256"] = hashlib.sha256((directory / "builtin_1024_bpe.model").read_bytes()).hexdigest()
+        tmp = meta_path.with_name(f".meta.json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, meta_path)
+    return directory
+
+
 def build_builtin(data_root: Path, log=print) -> Path:
     """Return the cached dataset directory for this Python's documentation, building it on first use."""
     datasets = data_root / "datasets"
@@ -97,7 +110,7 @@ def build_builtin(data_root: Path, log=print) -> Path:
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     cached = index.get(fingerprint)
     if cached and (datasets / cached / "meta.json").is_file():
-        return datasets / cached
+        return record_tokenizer_hash(datasets / cached)
 
     t0 = time.perf_counter()
     log("builtin corpus: first use on this Python, building it (reads the standard library's docs, "
@@ -126,6 +139,7 @@ def build_builtin(data_root: Path, log=print) -> Path:
             write_shard(tmp / f"builtin_{split}_000000.bin", tokens)
             counts[f"{split}_documents"], counts[f"{split}_tokens"] = len(texts), int(tokens.size)
         meta = {"name": "builtin", "content_hash": key, "text_sha256": text_hash, "python": sys.version,
+                "tokenizer_sha256": hashlib.sha256((tmp / "builtin_1024_bpe.model").read_bytes()).hexdigest(),
                 "sentencepiece": spm.__version__, "tokenizer_settings": SP_SETTINGS,
                 "text_bytes": sum(len(t.encode()) for _, t in docs), **counts}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

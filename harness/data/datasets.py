@@ -8,9 +8,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from harness import REPO_ROOT
 from harness.data.fineweb import dataset_dirname, fetch_command
-from harness.data.shards import shard_token_count
+from harness.data.shards import read_shard, shard_token_count
 from harness.data.tokenizers import Tokenizer, byte_tokenizer, sentencepiece_tokenizer
 from harness.errors import UserError
 
@@ -28,6 +30,7 @@ class Dataset:
     tokenizer: Tokenizer
     content_hash: str
     meta: dict = field(default_factory=dict)
+    tokenizer_check: str = ""  # how the tokenizer was found to be the one the shards were made with
 
 
 def _hash_shards(train: tuple[Path, ...], val: tuple[Path, ...]) -> str:
@@ -84,8 +87,38 @@ def from_directory(directory: Path, name: str, tokenizer_path: Path | None = Non
                             f"or pass --tokenizer PATH{hint}")
         tokenizer = sentencepiece_tokenizer(tok)
     content_hash = meta.get("content_hash") or _hash_shards(train, val)
+    check = check_tokenizer(name, directory, meta, tokenizer, val[0])
     return Dataset(name=name, directory=directory, train_files=train, val_files=val, tokenizer=tokenizer,
-                   content_hash=content_hash, meta=meta)
+                   content_hash=content_hash, meta=meta, tokenizer_check=check)
+
+
+ROUND_TRIP_SAMPLE_TOKENS = 8192
+ROUND_TRIP_MIN_AGREEMENT = 0.99  # the tokenizer that made the ids gives 100.0%; others ~89% (tests)
+
+
+def check_tokenizer(name: str, directory: Path, meta: dict, tokenizer, val_file: Path) -> str:
+    """The tokenizer must be the one the shards were made with: val_bpb divides by the bytes each token stands
+    for, so another tokenizer of the same size scores the same tokens against the wrong byte counts. A dataset
+    that recorded its tokenizer's hash (meta.json, `tokenizer_sha256`) is checked against it; one that did not is
+    checked by decoding a sample of its validation tokens and encoding them again."""
+    recorded = meta.get("tokenizer_sha256")
+    fix = f"pass the tokenizer its shards were made with (--tokenizer), or none to use the one in {directory}"
+    if recorded:
+        if recorded != tokenizer.content_hash:
+            raise UserError(f"dataset {name!r} was tokenized with a tokenizer of sha256 {recorded[:12]}…, but "
+                            f"{tokenizer.path or tokenizer.name} has {tokenizer.content_hash[:12]}…; {fix}")
+        return "sha256 recorded with the dataset"
+    if tokenizer.processor is None:
+        return "byte tokenizer (fixed)"
+    from harness.data.tokenizers import round_trip_agreement
+
+    sample = np.asarray(read_shard(val_file)[:ROUND_TRIP_SAMPLE_TOKENS])
+    agreement = round_trip_agreement(tokenizer, sample)
+    if agreement < ROUND_TRIP_MIN_AGREEMENT:
+        raise UserError(f"tokenizer {tokenizer.path} does not fit dataset {name!r}: decoding its first "
+                        f"{sample.size:,} validation tokens and encoding them again gives back only "
+                        f"{agreement:.0%} of them (the tokenizer that made them gives ~100%); {fix}")
+    return f"round trip of {sample.size:,} validation tokens: {agreement:.1%} identical"
 
 
 def resolve_dataset(name: str, data_root: Path | None = None, data_dir: Path | None = None,

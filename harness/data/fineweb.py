@@ -7,6 +7,7 @@ own layout, so a directory prepared by the challenge's script works here unchang
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -93,5 +94,10 @@ def fetch_fineweb(data_root: Path, train_shards: int, variant: str = "sp1024", l
     for key in ("model_path", "vocab_path", "path"):
         if rel := tok.get(key):
             _download(f"{REMOTE_PREFIX}/{rel}", data_root / rel)
+    model = tok.get("model_path") or tok.get("path")
+    if model and str(model).endswith(".model"):  # the shards' own tokenizer, so a foreign one can be refused
+        meta = {"name": name, "source": REMOTE_PREFIX, "tokenizer_path": model,
+                "tokenizer_sha256": hashlib.sha256((data_root / model).read_bytes()).hexdigest()}
+        (out / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     log(f"fineweb: {name} ready in {out}")
     return out
