@@ -75,7 +75,7 @@ def curve_series(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]])
 
 def board_section(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]], anchor: str) -> str:
     rows = board.rows
-    title = f"{board.budget} on {board.hardware}"
+    title = render.board_title(board)
     plotted = [r for r in rows if r["seeds"]]
     cap = max((r["artifact_cap_bytes"] for r in rows if r["artifact_cap_bytes"]), default=None)
     figures = [
@@ -152,16 +152,17 @@ def grouped_section(runs: list[tables.Run], kind: str) -> str:
     return f'<section id="{"sweeps" if kind == "sweep" else "studies"}"><h2>{heading}</h2>{"".join(parts)}</section>'
 
 
-def build_report(results_dir: Path, out: Path, budget: str | None = None, variant: str | None = None) -> Built:
+def build_report(results_dir: Path, out: Path, budget: str | None = None, variant: str | None = None,
+                 contended_fraction: float = tables.CONTENDED_FRACTION) -> Built:
     runs = load(results_dir, budget, variant)
-    boards = tables.build_leaderboards(runs)
+    boards = tables.build_leaderboards(runs, contended_fraction)
     by_key: dict[str, list[tables.Run]] = {}
     for r in runs:
         by_key.setdefault(r.row["config_key"], []).append(r)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     anchors = [f"board-{i}" for i in range(len(boards))]
-    nav = "<nav>" + "".join(f'<a href="#{a}">{render.esc(b.budget)} · {render.esc(b.hardware)}</a>'
+    nav = "<nav>" + "".join(f'<a href="#{a}">{render.esc(render.board_title(b))}</a>'
                             for a, b in zip(anchors, boards)) + '<a href="#runs">all runs</a></nav>'
     filters = " ".join(f"{k} {v}" for k, v in (("budget", budget), ("variant", variant)) if v)
     stem = "leaderboard" if out.stem == "index" else f"{out.stem}-leaderboard"
@@ -216,8 +217,9 @@ def write_pages(chunk: tuple[int, int]) -> None:
             render.run_page(r.record, r.path, _SHARED["back"]), encoding="utf-8")
 
 
-def build_markdown(results_dir: Path, budget: str | None = None, variant: str | None = None) -> str:
-    return render.markdown(tables.build_leaderboards(load(results_dir, budget, variant)))
+def build_markdown(results_dir: Path, budget: str | None = None, variant: str | None = None,
+                   contended_fraction: float = tables.CONTENDED_FRACTION) -> str:
+    return render.markdown(tables.build_leaderboards(load(results_dir, budget, variant), contended_fraction))
 
 
 def write_text(path: Path, text: str) -> None:

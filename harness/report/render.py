@@ -125,6 +125,8 @@ LEADERBOARD_HEADERS = [
     ("tok/s", "training tokens per second"), ("ms/step", "mean training step time"), ("MFU", "model FLOPs use"),
     ("steps", "steps reached"),
     ("runs", "how every run ended: ok, over cap, over the eval limit, diverged, failed, interrupted, pruned"),
+    ("flags", "contended: the machine's calibration probe ran more than the set fraction below this "
+              "leaderboard's median during these runs, so their wallclock-bound scores are not comparable"),
 ]
 RUN_ENDINGS = (("ok", "ok"), ("over_cap_runs", "over cap"), ("over_eval_limit", "over eval limit"),
                ("diverged", "diverged"), ("failed", "failed"), ("interrupted", "interrupted"), ("pruned", "pruned"))
@@ -153,8 +155,22 @@ def leaderboard_rows(board: Leaderboard) -> list[str]:
             + cell(r["steps"], number(r["steps"], 0))
             + cell(r["runs"], ", ".join(f"{r[k]} {text}" for k, text in RUN_ENDINGS if r[k]),
                    "t flag" if r["runs"] != r["ok"] else "t")
+            + cell(flags_text(r, board), flags_text(r, board), "t flag")
             + "</tr>")
     return rows
+
+
+def flags_text(row: dict, board: Leaderboard) -> str:
+    if not row.get("contended"):
+        return ""
+    median = board.runs["probe_gflops"].drop_nulls().median()
+    below = f" (probe {1 - row['probe_gflops'] / median:.0%} below the median)" if median and row.get(
+        "probe_gflops") else ""
+    return "contended" + below
+
+
+def board_title(board: Leaderboard) -> str:
+    return f"{board.budget} on {board.hardware}" + (" · with overrides" if board.overrides else "")
 
 
 def board_heading(board: Leaderboard) -> str:
@@ -165,7 +181,11 @@ def board_heading(board: Leaderboard) -> str:
     baseline = (f"Δ and p compare with the baseline row, {esc(base['label'])} ({base['seeds']} seeds, val_bpb "
                 f"{number(base['bpb_mean'])})." if base else
                 "No finished baseline under this budget and hardware: no Δ or test (run the baseline here).")
-    return f'<p class="small">{baseline} {bar} Over-cap and unfinished configurations are listed, never ranked.</p>'
+    overrides = (f'<p class="small flag">Runs here depart from the budget ({esc(board.overrides)}): they are '
+                 f"compared only with each other, never with runs under the plain budget.</p>"
+                 if board.overrides else "")
+    return (f'<p class="small">Data: {esc(board.dataset)}. {baseline} {bar} Over-cap, contended and unfinished '
+            f"configurations are listed, never ranked.</p>{overrides}")
 
 
 def figure(svg: str | None, caption: str, wide: bool = False) -> str:
@@ -229,9 +249,15 @@ def run_page(record: dict, run_dir: Path | None, back: str) -> str:
     total = record.get("artifact_total_bytes")
     headroom = f"{cap - total:,} bytes under the cap" if cap and total and total <= cap else \
         ("OVER the cap" if cap and total else "")
+    overrides = record.get("overrides") or []
+    if overrides:
+        parts.append('<p class="flag">departs from the budget: ' + esc(", ".join(
+            f"{o.get('name')} {o.get('budget')} → {o.get('effective')}" for o in overrides if isinstance(o, dict)))
+                     + "</p>")
     parts.append("<h2>Artifact</h2>" + dl([
         ("model (int8 + zlib)", number(record.get("artifact_model_bytes"))),
-        ("code", f"{number(record.get('artifact_code_bytes'))} bytes: "
+        ("code", f"{number(record.get('artifact_code_bytes'))} bytes ({record.get('artifact_code_counted', 'model')}"
+                 f" files counted; model files alone {number(record.get('artifact_model_code_bytes'))}): "
                  f"{', '.join(record.get('artifact_code_files') or [])}"),
         ("total", f"{number(total)} of cap {number(cap)} ({headroom})"),
         ("stored numbers", number(record.get("stored_param_count"))),
@@ -240,6 +266,18 @@ def run_page(record: dict, run_dir: Path | None, back: str) -> str:
                                                   for k, v in config.items()]))
     parts.append("<h2>Budget</h2>" + dl([(k, json.dumps(v) if isinstance(v, dict) else v)
                                         for k, v in (record.get("budget") or {}).items()]))
+    calibration = record.get("calibration") or {}
+    compiled = record.get("compile") or {}
+    attention = record.get("attention") or {}
+    parts.append("<h2>How it ran</h2>" + dl(
+        [("precision", record.get("precision")),
+         ("attention kernel", f"{attention.get('kernel')} ({attention.get('flash_calls')} of {attention.get('calls')}"
+                              f" calls flash-capable; {'; '.join(attention.get('fallback_reasons') or []) or '-'})"
+          if attention else None),
+         ("compile", ", ".join(f"{k} {v}" for k, v in compiled.items() if k != "enabled") if compiled.get("enabled")
+          else "off")]
+        + [(f"calibration {when}", ", ".join(f"{k} {v}" for k, v in values.items()))
+           for when, values in calibration.items() if isinstance(values, dict)]))
     parts.append("<h2>Environment</h2>" + dl(
         [("commit", f"{record.get('commit')}{' (uncommitted changes)' if record.get('dirty') else ''}"),
          ("command", " ".join(map(str, record.get("command") or []))),
@@ -265,7 +303,8 @@ def markdown(boards: list[Leaderboard]) -> str:
     """The leaderboards as Markdown tables, to paste into a pull request."""
     out = []
     for board in boards:
-        out.append(f"### {board.budget} on {board.hardware}\n")
+        out.append(f"### {board_title(board)}\n")
+        out.append(f"Data: {board.dataset}." + (f" Overrides: {board.overrides}." if board.overrides else "") + "\n")
         if board.bar_bpb:
             out.append(f"Bar: {ACCEPT_NATS} nats at p < {ACCEPT_P} = {board.bar_bpb:.5f} bpb "
                        f"(measured {board.tokens_per_byte:.4f} tokens/byte).\n")
@@ -277,6 +316,7 @@ def markdown(boards: list[Leaderboard]) -> str:
             bar = {True: "yes", False: "no", None: ""}[r["passes_bar"]]
             size = number(r["artifact_total_bytes"]) + (" (over cap)" if r["over_cap"] else "")
             delta = "" if r["delta_bpb"] is None else f"{r['delta_bpb']:+.4f}"
+            name += " (contended)" if r.get("contended") and "(contended)" not in name else ""
             cells = ["" if r["rank"] is None else str(r["rank"]), name, r["params"] or "", str(r["seeds"]),
                      number(r["bpb_mean"]), number(r["bpb_std"]), number(r["bpb_pre_quant"]), delta,
                      p_text(r["p_value"]), bar, size, number(r["tokens_per_second"], 0)]

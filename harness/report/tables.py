@@ -1,9 +1,12 @@
 """Report tables: run records → one row per run → one row per configuration with seed statistics.
 
-A leaderboard never mixes budgets or hardware: rows are grouped by (budget, hardware) first, then by
-configuration (variant + resolved config + budget contents, the seed left out), so the seeds of one
+A leaderboard holds only runs that can be put side by side: one budget, one kind of hardware, one dataset
+(content hash) and tokenizer (hash), and the same departures from the budget (`overrides`: a run with
+--max-steps or --data-dir never shares a table with runs under the plain budget). Within it rows are
+configurations (variant + resolved config + budget contents, the seed left out), so the seeds of one
 configuration become one row with a mean, a standard deviation and a significance test against the baseline
-of the same budget and hardware.
+of the same leaderboard. A run whose machine was starved (its calibration probe more than
+CONTENDED_FRACTION below the leaderboard's median) is shown in a row of its own, flagged, never ranked.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from harness.results import iter_records
 ACCEPT_NATS = 0.005
 ACCEPT_P = 0.01
 FAILED_STATUSES = ("diverged", "failed", "interrupted")
+CONTENDED_FRACTION = 0.10
 
 RUN_SCHEMA = {
     "run_id": pl.Utf8, "variant": pl.Utf8, "preset": pl.Utf8, "label": pl.Utf8, "budget_name": pl.Utf8,
@@ -34,6 +38,7 @@ RUN_SCHEMA = {
     "val_loss": pl.Float64, "tokens_per_byte": pl.Float64, "steps": pl.Int64, "ms_per_step": pl.Float64,
     "tokens_per_second": pl.Float64, "mfu": pl.Float64, "stored_param_count": pl.Int64,
     "artifact_total_bytes": pl.Int64, "artifact_cap_bytes": pl.Int64, "train_seconds": pl.Float64,
+    "probe_gflops": pl.Float64, "contended": pl.Boolean,
 }
 
 
@@ -50,6 +55,8 @@ class Run:
 class Leaderboard:
     budget: str
     hardware: str
+    dataset: str                            # "name (hash)" of the data and the tokenizer
+    overrides: str                          # departures from the budget shared by every run here ("" for none)
     table: pl.DataFrame                     # one row per configuration, ranked rows first
     runs: pl.DataFrame                      # the runs behind it
     baseline_key: str | None                # config_key of the baseline row, if any
@@ -69,6 +76,20 @@ def hardware_name(record: dict) -> str:
     device = env.get("device_name") or env.get("device_type") or "unknown"
     kind = env.get("device_type", "")
     return f"{world}× {device}" if kind == "cuda" else f"{kind or 'cpu'} {device}" + (f" ×{world}" if world > 1 else "")
+
+
+def overrides_text(record: dict) -> str:
+    """The record's departures from its budget, e.g. "max_steps 20000→1, device cuda→cpu" ("" for none)."""
+    items = record.get("overrides") or []
+    return ", ".join(f"{o.get('name')} {o.get('budget')}→{o.get('effective')}" for o in items if isinstance(o, dict))
+
+
+def probe_gflops(record: dict) -> float | None:
+    """The slower of the run's two calibration matmuls (before and after training), GFLOP/s."""
+    calibration = record.get("calibration") or {}
+    values = [c.get("matmul_gflops") for c in (calibration.get("before"), calibration.get("after"))
+              if isinstance(c, dict) and isinstance(c.get("matmul_gflops"), int | float)]
+    return float(min(values)) if values else None
 
 
 def format_value(value) -> str:
@@ -110,11 +131,28 @@ def to_run(record: dict, path: Path | None = None) -> Run:
     hardware = hardware_name(record)
     row = {name: record.get(name) for name in RUN_SCHEMA}
     preset = record.get("preset")
+    dataset = (f"{record.get('dataset')} ({str(record.get('dataset_hash'))[:8]}), tokenizer "
+               f"{record.get('tokenizer')} ({str(record.get('tokenizer_hash'))[:8]})")
+    group = (record.get("budget_name"), hardware, dataset, overrides_text(record))
     # The folder names the run (and its page): a record copied from elsewhere cannot point outside it.
     row.update(run_id=path.name if path else str(record.get("run_id")),
                label=f"{record.get('variant')}{':' + preset if preset else ''}", hardware=hardware,
-               config_key=config_key, group_key=f"{record.get('budget_name')}\x1f{hardware}", params="")
+               config_key=config_key, group_key="\x1f".join(map(str, group)), params="",
+               probe_gflops=probe_gflops(record), contended=False)
     return Run(row=row, record=record, path=path)
+
+
+def mark_contended(group_runs: pl.DataFrame, fraction: float) -> pl.DataFrame:
+    """Runs whose probe is more than `fraction` below the leaderboard's median are contended: their config key
+    and label change, so they form rows of their own that are shown and never ranked."""
+    median = group_runs["probe_gflops"].drop_nulls().median()
+    if median is None:
+        return group_runs
+    slow = pl.col("probe_gflops").is_not_null() & (pl.col("probe_gflops") < (1 - fraction) * median)
+    return group_runs.with_columns(
+        contended=slow,
+        config_key=pl.when(slow).then(pl.col("config_key") + "|contended").otherwise(pl.col("config_key")),
+        label=pl.when(slow).then(pl.col("label") + " (contended)").otherwise(pl.col("label")))
 
 
 def load_runs(results_dir: Path) -> list[Run]:
@@ -168,10 +206,11 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("tokens_per_second").filter(scored).mean(), pl.col("ms_per_step").filter(scored).mean(),
         pl.col("mfu").filter(scored).mean(), pl.col("steps").filter(scored).mean(),
         pl.col("tokens_per_byte").drop_nulls().first(),
+        pl.col("contended").any(), pl.col("probe_gflops").min(),
     ).with_columns(
         over_cap=(pl.col("artifact_total_bytes") > pl.col("artifact_cap_bytes")) | (pl.col("over_cap_runs") > 0),
     ).with_columns(
-        ranked=(pl.col("ok") > 0) & ~pl.col("over_cap") & (pl.col("over_eval_limit") == 0),
+        ranked=(pl.col("ok") > 0) & ~pl.col("over_cap") & (pl.col("over_eval_limit") == 0) & ~pl.col("contended"),
     ))
 
 
@@ -183,12 +222,16 @@ def pick_baseline(table: pl.DataFrame) -> str | None:
     return base.sort(["seeds", "bpb_mean"], descending=[True, False], nulls_last=True)["config_key"][0]
 
 
-def build_leaderboards(runs: list[Run]) -> list[Leaderboard]:
-    """One leaderboard per (budget, hardware), best first; each row compared with that group's baseline."""
+def build_leaderboards(runs: list[Run], contended_fraction: float = CONTENDED_FRACTION) -> list[Leaderboard]:
+    """One leaderboard per (budget, hardware, data, overrides), best first; each row compared with that
+    leaderboard's baseline."""
     frame = runs_frame(runs)
     configs = {r.row["config_key"]: r.record.get("config") or {} for r in runs}
+    configs.update({key + "|contended": config for key, config in configs.items()})
     boards = []
     for (group_key,), group_runs in frame.group_by("group_key", maintain_order=True):
+        group_runs = mark_contended(group_runs, contended_fraction)
+        budget, hardware, dataset, overrides = group_key.split("\x1f")
         table = summarize(group_runs)
         baseline_key = pick_baseline(table)
         reference = configs.get(baseline_key) if baseline_key else None
@@ -198,13 +241,13 @@ def build_leaderboards(runs: list[Run]) -> list[Leaderboard]:
                                                        in table.select("config_key", "variant").iter_rows()],
                                              dtype=pl.Utf8))
         tokens_per_byte = table["tokens_per_byte"].drop_nulls()
-        board = Leaderboard(budget=group_key.split("\x1f")[0], hardware=group_key.split("\x1f")[1], table=table,
+        board = Leaderboard(budget=budget, hardware=hardware, dataset=dataset, overrides=overrides, table=table,
                             runs=group_runs, baseline_key=baseline_key,
                             tokens_per_byte=float(tokens_per_byte.median()) if len(tokens_per_byte) else None)
         board.table = compare_with_baseline(board)
         board.rows = board.table.to_dicts()
         boards.append(board)
-    return sorted(boards, key=lambda b: (b.budget, b.hardware))
+    return sorted(boards, key=lambda b: (b.budget, b.hardware, b.dataset, b.overrides))
 
 
 def common_values(configs: list[dict]) -> dict:
@@ -242,16 +285,17 @@ def rank(table: pl.DataFrame) -> pl.DataFrame:
 
 
 EXPORT_COLUMNS = [
-    "budget", "hardware", "rank", "label", "variant", "preset", "params", "seeds", "runs", "ok", "over_cap_runs",
-    "over_eval_limit", "diverged", "failed", "interrupted", "pruned", "bpb_mean", "bpb_std", "bpb_pre_quant",
-    "delta_bpb",
-    "loss_mean", "p_value", "passes_bar", "stored_param_count", "artifact_total_bytes", "artifact_cap_bytes",
-    "over_cap", "tokens_per_second", "ms_per_step", "mfu", "steps", "config_key",
+    "budget", "hardware", "dataset", "overrides", "rank", "label", "variant", "preset", "params", "seeds", "runs",
+    "ok", "over_cap_runs", "over_eval_limit", "diverged", "failed", "interrupted", "pruned", "bpb_mean", "bpb_std",
+    "bpb_pre_quant", "delta_bpb", "loss_mean", "p_value", "passes_bar", "stored_param_count",
+    "artifact_total_bytes", "artifact_cap_bytes", "over_cap", "contended", "probe_gflops", "tokens_per_second",
+    "ms_per_step", "mfu", "steps", "config_key",
 ]
 
 
 def export_frame(boards: list[Leaderboard]) -> pl.DataFrame:
     """Every leaderboard in one flat table (budget and hardware as columns) for CSV / Parquet."""
-    parts = [b.table.with_columns(budget=pl.lit(b.budget), hardware=pl.lit(b.hardware)).select(EXPORT_COLUMNS)
+    parts = [b.table.with_columns(budget=pl.lit(b.budget), hardware=pl.lit(b.hardware), dataset=pl.lit(b.dataset),
+                                  overrides=pl.lit(b.overrides)).select(EXPORT_COLUMNS)
              for b in boards]
     return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
