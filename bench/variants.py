@@ -1,7 +1,7 @@
 """Benchmark: every variant family beside the baseline — sizes at default (full) size, and a smoke run each.
 
     python bench/variants.py                      # every family at its defaults, one smoke run each
-    python bench/variants.py --configs mla:latent64 eigenweight:r128 --seeds 2
+    python bench/variants.py --configs mla:gqa_latent64 eigenweight:r128 --seeds 2
 
 For each configuration: `show --json` gives the stored parameter count and the int8+zlib artifact bytes of
 the default-size model at initialisation (no budget); then `run --budget smoke` trains it for the smoke

@@ -66,6 +66,30 @@ def test_command_line_grid_mistakes_are_one_line_errors(tmp_path):
     assert done.returncode == 2 and "no sweep 'nope'" in done.stderr
 
 
+def test_a_step_cap_is_planned_as_an_override_with_its_own_run_ids(tmp_path):
+    capped = harness_main("sweep", "sweeps/example.toml", "--dry-run", "--max-steps", "7",
+                          "--results-dir", str(tmp_path / "r"))
+    assert capped.returncode == 0 and capped.stdout.count("--max-steps 7") == 6, capped.stdout
+    plain = load_spec_file(REPO / "sweeps" / "example.toml")
+    capped_plan = load_spec_file(REPO / "sweeps" / "example.toml", max_steps=7)
+    assert {r.max_steps for r in capped_plan.runs} == {7}
+    assert not {r.run_id for r in plain.runs} & {r.run_id for r in capped_plan.runs}  # never mistaken for each other
+    bad = harness_main("sweep", "sweeps/example.toml", "--dry-run", "--max-steps", "0")
+    assert bad.returncode == 2 and "--max-steps must be at least 1" in bad.stderr
+
+
+def test_local_workers_each_get_their_own_gpu():
+    """`sweep --executor local --parallel N` and `tune --workers N` give slot k its own GPU (all of them landed
+    on cuda:0 before); more workers than GPUs share them round robin; no GPUs, no change."""
+    from harness.hardware import worker_env
+
+    gpus = ["0", "1", "2", "3"]
+    assert [worker_env(k, gpus)["CUDA_VISIBLE_DEVICES"] for k in range(4)] == ["0", "1", "2", "3"]
+    assert [worker_env(k, ["4", "6"])["CUDA_VISIBLE_DEVICES"] for k in range(3)] == ["4", "6", "4"]
+    assert worker_env(1, gpus, devices_per_worker=2) == {"CUDA_VISIBLE_DEVICES": "2,3"}
+    assert worker_env(0, []) == {}
+
+
 @pytest.fixture
 def short_budget(tmp_path) -> Path:
     return write_budget(tmp_path / "short.toml", train_wallclock_seconds=4, warmup_steps=0)

@@ -161,8 +161,9 @@ def submit(sweep: Sweep, results_dir: Path, executor: str, parallel: int = 1,
         for r in sweep.runs:
             mark = "run " if r in todo else states[r.run_id]["state"]
             params = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.params.items())
+            cap = f" --max-steps {r.max_steps}" if r.max_steps else ""
             echo(f"  {mark:<8} {r.run_id}  {r.variant}{':' + r.preset if r.preset else ''} --budget {r.budget} "
-                 f"--seed {r.seed} {params}".rstrip())
+                 f"--seed {r.seed}{cap} {params}".rstrip())
         return state
     if not todo:
         return state
@@ -191,16 +192,33 @@ def run_debug(todo, state_path: Path, results_dir: Path, echo=print, **_) -> lis
 
 
 def run_local(todo, state_path: Path, results_dir: Path, parallel: int = 1, echo=print, **_) -> list[dict]:
-    """Subprocesses on this machine, `parallel` at a time; each run's output goes to the sweep's logs/."""
+    """Subprocesses on this machine, `parallel` at a time, each in a slot with its own GPU where there are GPUs;
+    each run's output goes to the sweep's logs/."""
+    import queue
+
+    from harness.hardware import visible_gpus, worker_env
+
     logs = state_path.parent / state_path.stem / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     done_count = [0]
+    gpus = visible_gpus()
+    if gpus and parallel > len(gpus):
+        echo(f"note: {parallel} runs at a time on {len(gpus)} GPU(s): some share a GPU, and their throughput and "
+             f"wallclock-bound scores suffer (the report flags them as contended)")
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(max(1, parallel)):
+        slots.put(slot)
 
     def one(r) -> dict:
         log = logs / f"{r.run_id}.out"
-        with open(log, "w", encoding="utf-8") as out:
-            code = subprocess.run([sys.executable, "-m", "harness.sweep.job", str(state_path), r.run_id],
-                                  stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        slot = slots.get()
+        try:
+            with open(log, "w", encoding="utf-8") as out:
+                env = {**os.environ, "PYTHONUNBUFFERED": "1", **worker_env(slot, gpus)}
+                code = subprocess.run([sys.executable, "-m", "harness.sweep.job", str(state_path), r.run_id],
+                                      stdout=out, stderr=subprocess.STDOUT, env=env)
+        finally:
+            slots.put(slot)
         done_count[0] += 1
         status = previous_status(results_dir / r.run_id) or f"no record (exit {code.returncode})"
         echo(f"[{done_count[0]}/{len(todo)}] {r.run_id}: {status}")

@@ -101,6 +101,7 @@ def execute(state_file: str | Path, run_id: str) -> str:
     config = variant.resolve(plan["preset"], budget.model, flags, budget.name)
     spec = train.RunSpec(variant=variant, config=config, budget=budget, preset=plan["preset"], seed=plan["seed"],
                          run_id=run_id, results_dir=results_dir, quiet=True, resume=resume,
+                         max_steps=plan.get("max_steps"),
                          sweep={"name": state["name"], "params": plan["swept"]},
                          command=[sys.executable, "-m", "harness.sweep.job", str(state_file), run_id])
     warned = []

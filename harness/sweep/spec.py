@@ -8,6 +8,8 @@
     presets = ["r64", "r128"]                   # optional; default: the family's defaults
     grid = { matrix_lr = [0.02, 0.04] }         # optional; every combination
     params = { warmdown_steps = 100 }           # optional; the same for every run of this entry
+    max_steps = 50                              # optional (top level or entry): cap the steps, an override of
+                                                # the budget recorded in every run, which then ranks apart
 
 Every run is resolved exactly as `run` resolves its flags (same validation, same errors), and its id is a pure
 function of what it runs — variant, resolved config, budget and seed — so planning twice gives the same ids
@@ -26,8 +28,8 @@ from typing import Any
 from harness.config import read_toml
 from harness.errors import UserError
 
-ENTRY_KEYS = {"variant", "preset", "presets", "grid", "params", "seeds", "budget"}
-TOP_KEYS = {"name", "budget", "seeds", "runs", "description"}
+ENTRY_KEYS = {"variant", "preset", "presets", "grid", "params", "seeds", "budget", "max_steps"}
+TOP_KEYS = {"name", "budget", "seeds", "runs", "description", "max_steps"}
 
 
 @dataclass
@@ -39,6 +41,7 @@ class PlannedRun:
     swept: dict[str, Any]           # what varies across the sweep: preset and grid values
     seed: int
     budget: str                     # budget name or path, as the spec gave it
+    max_steps: int | None = None    # a step cap below the budget's (an override, recorded in the run)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,8 +74,16 @@ def seeds_of(value: Any, where: str) -> list[int]:
     raise UserError(f"{where}: seeds must be a count or a non-empty list of integers, got {value!r}")
 
 
+def max_steps_of(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{where}: max_steps must be a whole number of steps, at least 1; got {value!r}")
+    return value
+
+
 def expand(name: str, entries: list[dict], default_budget: str | None, default_seeds: list[int],
-           source: str) -> Sweep:
+           source: str, default_max_steps: int | None = None) -> Sweep:
     """Entries → PlannedRuns, each resolved and validated like `run` would; duplicates collapse to one."""
     from harness.budget import load_budget
     from harness.config import parse_value
@@ -108,6 +119,7 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
             budget_name = str(Path(budget_name).resolve())
         budget = budgets.setdefault(budget_name, load_budget(budget_name))
         seeds = seeds_of(entry["seeds"], where) if "seeds" in entry else default_seeds
+        max_steps = max_steps_of(entry.get("max_steps", default_max_steps), where)
         fields = {f.name for f in dataclasses.fields(variant.config_cls)}
         for key in [*grid, *fixed]:
             if key not in fields:
@@ -121,14 +133,16 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
                 config = variant.resolve(preset, budget.model, flags, budget.name)
                 swept = {**({"preset": preset} if len(presets) > 1 else {}), **{k: flags[k] for k in names}}
                 for seed in seeds:
-                    spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed)
+                    spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed,
+                                   max_steps=max_steps)
                     label = f"{variant.name}{'-' + preset if preset else ''}"
                     run_id = f"{label}-{budget.name}-s{seed}-{spec.config_hash()[:10]}"
                     if run_id in seen:
                         continue
                     seen.add(run_id)
                     sweep.runs.append(PlannedRun(run_id=run_id, variant=variant_ref(variant), preset=preset,
-                                                 params=flags, swept=swept, seed=seed, budget=budget_name))
+                                                 params=flags, swept=swept, seed=seed, budget=budget_name,
+                                                 max_steps=max_steps))
     return sweep
 
 
@@ -139,7 +153,8 @@ def variant_ref(variant) -> str:
     return variant.name if variant.name in known_variant_names() else str(Path(variant.source_file).resolve())
 
 
-def load_spec_file(path: Path, seeds_override: int | None = None, name: str | None = None) -> Sweep:
+def load_spec_file(path: Path, seeds_override: int | None = None, name: str | None = None,
+                   max_steps: int | None = None) -> Sweep:
     data = read_toml(path, "sweep file")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
@@ -148,7 +163,8 @@ def load_spec_file(path: Path, seeds_override: int | None = None, name: str | No
     if not isinstance(runs, list) or not runs:
         raise UserError(f"{path}: no [[runs]] entries")
     seeds = seeds_of(seeds_override if seeds_override is not None else data.get("seeds", 1), str(path))
-    return expand(name or str(data.get("name", path.stem)), runs, data.get("budget"), seeds, str(path))
+    max_steps = max_steps if max_steps is not None else max_steps_of(data.get("max_steps"), str(path))
+    return expand(name or str(data.get("name", path.stem)), runs, data.get("budget"), seeds, str(path), max_steps)
 
 
 def parse_grid(words: list[str]) -> dict[str, list[str]]:

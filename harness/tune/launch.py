@@ -117,10 +117,13 @@ def run_local(path: Path, settings: st.Settings, workers: int, echo=print) -> No
         if workers == 1:
             Worker(path, 0, echo).work()
             continue
+        from harness.hardware import visible_gpus, worker_env
+
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        procs = [subprocess.Popen([sys.executable, "-m", "harness.tune.worker", str(path), str(i)], env=env)
-                 for i in range(workers)]
+        gpus = visible_gpus()  # one GPU per worker where there are enough, instead of all on cuda:0
+        procs = [subprocess.Popen([sys.executable, "-m", "harness.tune.worker", str(path), str(i)],
+                                  env={**env, **worker_env(i, gpus)}) for i in range(workers)]
         try:
             for p in procs:
                 p.wait()
@@ -207,7 +210,7 @@ def reevaluate(settings: st.Settings, candidates: list, seeds: int, executor: st
         entry = {"variant": settings.variant, "params": {**settings.fixed, **trial.params}}
         if settings.preset:
             entry["preset"] = settings.preset
-        runs = expand(plan.name, [entry], settings.budget, extra, plan.source).runs
+        runs = expand(plan.name, [entry], settings.budget, extra, plan.source, settings.max_steps).runs
         ids[trial.number] = [r.run_id for r in runs]
         plan.runs += [r for r in runs if r.run_id not in {p.run_id for p in plan.runs}]
     results_dir = Path(settings.results_dir)
@@ -242,8 +245,7 @@ def write_presets(settings: st.Settings, chosen: list[tuple[str, object, str]]) 
     base = variant.presets.get(settings.preset, {}) if settings.preset else {}  # a preset holds all it needs
     lines = [f"# Study {settings.name}: {settings.variant} under {budget}, "
              f"objectives {', '.join(settings.objectives)}.",
-             f"# Use: python -m harness run --variant {Path(settings.variant).stem} --budget {budget} "
-             f"--preset-file {path} --preset {chosen[0][0]}",
+             f"# Use: {rerun_command(settings, path)} --preset {chosen[0][0]}",
              f"study = {toml_value(settings.name)}", f"variant = {toml_value(settings.variant)}",
              f"budget = {toml_value(settings.budget)}"]
     for name, trial, comment in chosen:
@@ -251,6 +253,13 @@ def write_presets(settings: st.Settings, chosen: list[tuple[str, object, str]]) 
         lines += [f"{k} = {toml_value(v)}" for k, v in {**base, **settings.fixed, **trial.params}.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def rerun_command(settings: st.Settings, path: Path) -> str:
+    """`run` for a preset of this study, with every departure from the budget the trials ran under."""
+    overrides = f" --max-steps {settings.max_steps}" if settings.max_steps is not None else ""
+    return (f"python -m harness run --variant {Path(settings.variant).stem} --budget {settings.budget} "
+            f"--preset-file {path}{overrides}")
 
 
 def trial_summary(trial, settings: st.Settings) -> str:
@@ -306,8 +315,7 @@ def finish(settings: st.Settings, reeval_top: int, reeval_seeds: int, executor: 
                                         f"(re-evaluated; run {trial.user_attrs.get('run_id')} and seeds after it)")
     path = write_presets(settings, chosen)
     echo(f"best configuration: {chosen[0][2]}")
-    echo(f"presets: {path} (python -m harness run --variant {Path(settings.variant).stem} --budget "
-         f"{settings.budget} --preset-file {path})")
+    echo(f"presets: {path} ({rerun_command(settings, path)})")
     results_dir = Path(settings.results_dir)
     built = build_report(results_dir, results_dir.parent / "reports" / f"{settings.name}.html")
     echo(f"report: {built.index}")
