@@ -7,11 +7,13 @@ the dataset, so two runs under the same budget are comparable whatever variant t
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import REPO_ROOT
+from harness.checks import SAFE_NAME, SAFE_NAME_RULE
 from harness.config import read_toml
 from harness.errors import UserError
 
@@ -88,22 +90,35 @@ def check_budget(b: Budget, path: Path) -> None:
     def bad(msg: str) -> UserError:
         return UserError(f"budget file {path}: {msg}")
 
-    numbers = {"train_wallclock_seconds": (float, int), "device_count": (int,), "tokens_per_step": (int,),
-               "micro_batch_tokens": (int,), "seq_len": (int,), "val_tokens_cap": (int,),
-               "eval_seconds_limit": (float, int), "val_every_seconds": (float, int),
-               "log_every_seconds": (float, int), "artifact_cap_bytes": (int,), "max_steps": (int,),
-               "warmup_steps": (int,)}
-    for name, kinds in numbers.items():
+    # name → (kinds, lowest allowed, whether the lowest itself is allowed, highest)
+    numbers = {"train_wallclock_seconds": ((float, int), 0, False, 366 * 86400),
+               "device_count": ((int,), 1, True, 4096), "tokens_per_step": ((int,), 1, True, 2**40),
+               "micro_batch_tokens": ((int,), 1, True, 2**40), "seq_len": ((int,), 1, True, 1 << 20),
+               "val_tokens_cap": ((int,), 0, True, 2**48), "eval_seconds_limit": ((float, int), 0, False, 366 * 86400),
+               "val_every_seconds": ((float, int), 0, True, 366 * 86400),
+               "log_every_seconds": ((float, int), 0, False, 366 * 86400),
+               "artifact_cap_bytes": ((int,), 1, True, 2**48), "max_steps": ((int,), 1, True, 2**40),
+               "warmup_steps": ((int,), 0, True, 1_000_000)}
+    for name, (kinds, low, inclusive, high) in numbers.items():
         value = getattr(b, name)
-        if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
-            raise bad(f"{name} must be a non-negative number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            raise bad(f"{name} must be a finite {'integer' if kinds == (int,) else 'number'}, got {value!r}")
+        if (value < low if inclusive else value <= low) or value > high:
+            bound = f"at least {low}" if inclusive else f"above {low}"
+            raise bad(f"{name} = {value!r} is out of range; it must be {bound} and at most {high:,}")
+    for name in ("name", "description", "dataset", "device", "code_bytes"):
+        if not isinstance(getattr(b, name), str):
+            raise bad(f"{name} must be a string, got {getattr(b, name)!r}")
+    if not SAFE_NAME.fullmatch(b.name) or b.name.endswith("."):
+        raise bad(f"name {b.name!r} must be {SAFE_NAME_RULE} (it is part of every run's folder name); set "
+                  f"name = \"...\" in the file or rename it")
     if b.code_bytes not in ("submission", "model"):
         raise bad(f"code_bytes must be 'submission' or 'model', got {b.code_bytes!r}")
     if b.device not in ("cuda", "cpu"):
         raise bad(f"device must be 'cuda' or 'cpu', got {b.device!r}")
-    if b.train_wallclock_seconds <= 0 or b.seq_len <= 0 or b.tokens_per_step <= 0 or b.device_count <= 0:
-        raise bad("train_wallclock_seconds, seq_len, tokens_per_step and device_count must be positive")
-    if b.micro_batch_tokens <= 0 or b.micro_batch_tokens % b.seq_len:
+    if b.micro_batch_tokens % b.seq_len:
         raise bad(f"micro_batch_tokens ({b.micro_batch_tokens}) must be a positive multiple of seq_len ({b.seq_len})")
+    if b.tokens_per_step % b.seq_len:
+        raise bad(f"tokens_per_step ({b.tokens_per_step}) must be a multiple of seq_len ({b.seq_len})")
     if not isinstance(b.model, dict):
         raise bad("[model] must be a table of parameter overrides")

@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import re
 import signal
 import sys
 import typing
 from pathlib import Path
 
+from harness.checks import check_seed, number_arg, safe_name
 from harness.errors import UserError
+
+COUNT = number_arg(int, 1)
+FRACTION = number_arg(float, 0, 1, above=True)
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,7 +27,8 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)  # a misspelt flag must never match a real one
 
     def error(self, message: str) -> typing.NoReturn:
-        raise UserError(f"{message} (see: python -m harness {self.prog.split()[-1]} --help)")
+        command = " ".join(self.prog.split()[1:])  # "harness run" → "run"; the top level has none
+        raise UserError(f"{message} (see: python -m harness {command + ' ' if command else ''}--help)")
 
 
 def parse_config_flags(config_cls: type, words: list[str]) -> dict[str, typing.Any]:
@@ -81,7 +85,7 @@ def build_parser() -> Parser:
     run.add_argument("--precision", choices=("challenge", "fp32"),
                      help="challenge: train_gpt.py's bf16 embedding and RoPE tables, fp32 matrices, bf16 autocast "
                           "(default on CUDA); fp32: fp32 master weights everywhere (default on CPU)")
-    run.add_argument("--max-steps", type=int, help="stop after this many steps even if the clock allows more")
+    run.add_argument("--max-steps", type=COUNT, help="stop after this many steps even if the clock allows more")
     run.add_argument("--quiet", action="store_true", help="print only the final line")
     run.add_argument("--note", help="free text kept in the record and shown in reports (what this run is for)")
 
@@ -98,7 +102,8 @@ def build_parser() -> Parser:
 
     data = sub.add_parser("data", help="fetch or build datasets")
     data.add_argument("dataset", choices=("fineweb", "builtin", "synthetic"))
-    data.add_argument("--train-shards", type=int, default=80, help="FineWeb training shards to fetch (of 195)")
+    data.add_argument("--train-shards", type=number_arg(int, 0), default=80,
+                      help="FineWeb training shards to fetch (of 195)")
     data.add_argument("--variant", default="sp1024", help="FineWeb tokenization: sp1024, sp<N> or byte260")
     data.add_argument("--data-root", type=Path, help="root of data/ (default: data/ or $HARNESS_DATA_ROOT)")
 
@@ -107,7 +112,7 @@ def build_parser() -> Parser:
     res.add_argument("--budget", help="comma-separated budget names")
     res.add_argument("--status", help="comma-separated statuses (ok, over_cap, diverged, interrupted, failed, ...)")
     res.add_argument("--results-dir", type=Path)
-    res.add_argument("--limit", type=int, default=50, help="rows to print")
+    res.add_argument("--limit", type=COUNT, default=50, help="rows to print")
 
     rep = sub.add_parser("report", help="turn run records into an HTML report (or a Markdown summary)")
     rep.add_argument("--results-dir", type=Path, help="where run folders are (default: results/)")
@@ -116,7 +121,8 @@ def build_parser() -> Parser:
     rep.add_argument("--out", type=Path, help="HTML file to write (default: reports/index.html); with --format md, "
                                               "a Markdown file (default: print it)")
     rep.add_argument("--format", choices=("html", "md"), default="html")
-    rep.add_argument("--contended-below", type=float, default=0.10, metavar="FRACTION",
+    rep.add_argument("--contended-below", type=FRACTION, default=0.10,
+                     metavar="FRACTION",
                      help="flag (and never rank) runs whose machine probe is this fraction below their "
                           "leaderboard's median (default 0.10)")
 
@@ -126,14 +132,14 @@ def build_parser() -> Parser:
     sw.add_argument("--variant", help="family (name or name:preset) for a command-line grid")
     sw.add_argument("--preset", help="comma-separated presets of --variant to sweep over")
     sw.add_argument("--grid", action="append", default=[], help="NAME=V1,V2,... (repeatable; every combination)")
-    sw.add_argument("--seeds", type=int, help="seeds 1..N for every run (overrides the file's seeds)")
-    sw.add_argument("--max-steps", type=int, help="cap every run's steps (recorded as an override of the budget)")
+    sw.add_argument("--seeds", type=COUNT, help="seeds 1..N for every run (overrides the file's seeds)")
+    sw.add_argument("--max-steps", type=COUNT, help="cap every run's steps (recorded as an override of the budget)")
     sw.add_argument("--budget", help="budget for a command-line grid")
     sw.add_argument("--name", help="sweep name (default: the file's name, or VARIANT-BUDGET)")
     sw.add_argument("--executor", choices=("debug", "local", "slurm"), default="local")
-    sw.add_argument("--parallel", type=int, default=1, help="local executor: runs at a time")
+    sw.add_argument("--parallel", type=COUNT, default=1, help="local executor: runs at a time")
     add_slurm_flags(sw, "SLURM: added to the budget's time limit")
-    sw.add_argument("--max-concurrent", type=int, default=32, help="SLURM array: jobs running at once")
+    sw.add_argument("--max-concurrent", type=COUNT, default=32, help="SLURM array: jobs running at once")
     sw.add_argument("--dry-run", action="store_true", help="print the plan and what would be submitted")
     sw.add_argument("--wait", action="store_true", help="follow progress until every run ends, then build the report")
     sw.add_argument("--results-dir", type=Path, help="where run folders go (default: results/)")
@@ -143,7 +149,7 @@ def build_parser() -> Parser:
     tu.add_argument("--variant", required=True, help="family name, name:preset, or path to a plugin .py file")
     tu.add_argument("--preset", help="start every trial from this preset of the variant")
     tu.add_argument("--budget", required=True, help="budget every trial trains under (one device)")
-    tu.add_argument("--trials", type=int, default=20, help="trials that complete, prune or fail on their own")
+    tu.add_argument("--trials", type=COUNT, default=20, help="trials that complete, prune or fail on their own")
     tu.add_argument("--objectives", default="val_bpb",
                     help="val_bpb (TPE), or val_bpb plus artifact_bytes and/or tokens_per_second (NSGA-II)")
     tu.add_argument("--search", action="append", default=[], metavar="NAME=SPEC",
@@ -157,17 +163,19 @@ def build_parser() -> Parser:
                                       "database URL")
     tu.add_argument("--name", help="study name (default: VARIANT-BUDGET); re-running a name resumes it")
     tu.add_argument("--executor", choices=("local", "slurm"), default="local")
-    tu.add_argument("--workers", type=int, default=1, help="trials running at once (local processes or SLURM jobs)")
+    tu.add_argument("--workers", type=COUNT, default=1, help="trials running at once (local processes or SLURM jobs)")
     tu.add_argument("--seed", type=int, default=1337, help="training seed of every trial")
-    tu.add_argument("--sampler-seed", type=int, help="seed of the sampler (worker k uses seed + k)")
-    tu.add_argument("--max-steps", type=int, help="cap every trial's steps (quick studies, tests)")
-    tu.add_argument("--reeval-top", type=int, default=0, help="re-run the best K configurations over more seeds")
-    tu.add_argument("--reeval-seeds", type=int, default=3,
+    tu.add_argument("--sampler-seed", type=number_arg(int, 0, 2**32 - 1),
+                    help="seed of the sampler (worker k uses seed + k)")
+    tu.add_argument("--max-steps", type=COUNT, help="cap every trial's steps (quick studies, tests)")
+    tu.add_argument("--reeval-top", type=number_arg(int, 0), default=0,
+                    help="re-run the best K configurations over more seeds")
+    tu.add_argument("--reeval-seeds", type=COUNT, default=3,
                     help="seeds per re-evaluated configuration, its own included")
-    tu.add_argument("--heartbeat-grace", type=float, default=120.0,
+    tu.add_argument("--heartbeat-grace", type=number_arg(float, 0, above=True), default=120.0,
                     help="seconds without a heartbeat before a trial's worker counts as lost")
     add_slurm_flags(tu, "SLURM: added to each worker's time limit")
-    tu.add_argument("--time-minutes", type=int, help="SLURM: each worker's time limit (default: its share of trials)")
+    tu.add_argument("--time-minutes", type=COUNT, help="SLURM: each worker's time limit (default: its share of trials)")
     tu.add_argument("--wait", action="store_true", help="SLURM: follow the study until it ends, then write the outcome")
     tu.add_argument("--dry-run", action="store_true", help="print the study's settings and search space, run nothing")
     tu.add_argument("--results-dir", type=Path, help="where run folders and studies/ go (default: results/)")
@@ -182,9 +190,9 @@ def add_slurm_flags(parser: argparse.ArgumentParser, margin_help: str) -> None:
     parser.add_argument("--partition", help="SLURM partition")
     parser.add_argument("--account", help="SLURM account")
     parser.add_argument("--qos", help="SLURM QOS")
-    parser.add_argument("--cpus-per-task", type=int, help="SLURM CPUs per task")
-    parser.add_argument("--mem-gb", type=float, help="SLURM memory per node, GB")
-    parser.add_argument("--margin-minutes", type=float, default=10.0, help=margin_help)
+    parser.add_argument("--cpus-per-task", type=COUNT, help="SLURM CPUs per task")
+    parser.add_argument("--mem-gb", type=number_arg(float, 0, above=True), help="SLURM memory per node, GB")
+    parser.add_argument("--margin-minutes", type=number_arg(float, 0), default=10.0, help=margin_help)
 
 
 def slurm_options(args: argparse.Namespace):
@@ -193,6 +201,26 @@ def slurm_options(args: argparse.Namespace):
     return SlurmOptions(partition=args.partition, account=args.account, qos=args.qos, cpus_per_task=args.cpus_per_task,
                         mem_gb=args.mem_gb, max_concurrent=getattr(args, "max_concurrent", 32),
                         margin_minutes=args.margin_minutes)
+
+
+def results_folder(args: argparse.Namespace, writing: bool) -> Path:
+    """--results-dir (or the default), checked: a folder to write runs into, or to read records from."""
+    from harness.checks import readable_folder, writable_folder
+    from harness.results import default_results_dir
+
+    path = args.results_dir or default_results_dir()
+    return writable_folder(path, "--results-dir", create=False) if writing else readable_folder(path, "--results-dir")
+
+
+def check_data_paths(args: argparse.Namespace) -> None:
+    from harness.checks import existing_file, writable_folder
+
+    if args.data_root is not None:
+        writable_folder(args.data_root, "--data-root", create=False)
+    if args.data_dir is not None and args.data_dir.exists() and not args.data_dir.is_dir():
+        raise UserError(f"--data-dir {args.data_dir} is a file; give the folder of *_train_*/*_val_* shards")
+    if args.tokenizer is not None:
+        existing_file(args.tokenizer, "SentencePiece .model", "--tokenizer")
 
 
 def _interrupt(signum, frame) -> None:
@@ -212,6 +240,9 @@ def resolve_variant(variant_arg: str, preset_arg: str | None, budget, extra: lis
     flags = parse_config_flags(variant.config_cls, extra)
     values = None
     if preset_file is not None:
+        from harness.checks import existing_file
+
+        existing_file(preset_file, "preset TOML", "--preset-file")
         preset, values = load_preset_file(preset_file, variant, preset)
     config = variant.resolve(preset, budget.model if budget else None, flags, budget.name if budget else "budget",
                              values)
@@ -243,13 +274,12 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
     budget = load_budget(args.budget)
     variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra, args.preset_file)
-    if args.run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_id):
-        raise UserError(f"--run-id {args.run_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.run_id is not None:
+        safe_name(args.run_id, "--run-id")
     check_seed(args.seed)
+    check_data_paths(args)
     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=args.seed, run_id=args.run_id,
-                   results_dir=args.results_dir, data_root=args.data_root, data_dir=args.data_dir,
+                   results_dir=results_folder(args, writing=True), data_root=args.data_root, data_dir=args.data_dir,
                    tokenizer=args.tokenizer, device=args.device, compile=args.compile, precision=args.precision,
                    max_steps=args.max_steps,
                    quiet=args.quiet, note=args.note)
@@ -348,15 +378,13 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**63:
-        raise UserError(f"--seed {seed} is out of range; use an integer from 0 to 2**63 - 1")
-
-
 def cmd_data(args: argparse.Namespace) -> int:
     from harness.data.datasets import default_data_root
 
     root = args.data_root or default_data_root()
+    from harness.checks import writable_folder
+
+    writable_folder(root, "--data-root", create=False)
     if args.dataset == "fineweb":
         from harness.data.fineweb import fetch_fineweb
 
@@ -373,14 +401,17 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from harness.results import STATUSES, default_results_dir, results_table
+    from harness.results import STATUSES, results_table
 
     unknown = sorted(set(args.status.split(",")) - set(STATUSES)) if args.status else []
     if unknown:
         raise UserError(f"--status {unknown[0]!r} is not a run status; use one of: {', '.join(STATUSES)}")
-    df = results_table(args.results_dir or default_results_dir(), args.variant, args.budget, args.status)
+    df = results_table(results_folder(args, writing=False), args.variant, args.budget, args.status)
     if df.is_empty():
-        print("no runs recorded yet (python -m harness run --variant baseline --budget smoke makes one)")
+        filters = " ".join(f"--{k} {v}" for k, v in (("variant", args.variant), ("budget", args.budget),
+                                                      ("status", args.status)) if v)
+        print(f"no recorded run matches {filters}" if filters else
+              "no runs recorded yet (python -m harness run --variant baseline --budget smoke makes one)")
         return 0
     with pl.Config(tbl_rows=args.limit, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
         print(df.head(args.limit))
@@ -392,21 +423,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from harness import REPO_ROOT
     from harness.report import build_markdown, build_report
-    from harness.results import default_results_dir
 
-    results_dir = args.results_dir or default_results_dir()
+    results_dir = results_folder(args, writing=False)
     if not 0 < args.contended_below < 1:
         raise UserError(f"--contended-below {args.contended_below} must be a fraction between 0 and 1 (e.g. 0.1)")
     if args.format == "md":
         text = build_markdown(results_dir, args.budget, args.variant, args.contended_below)
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text, encoding="utf-8")
+            from harness.report import claim_outputs, remember_outputs, write_text
+
+            manifest = claim_outputs(args.out, results_dir)
+            write_text(args.out, text)
+            remember_outputs(args.out.parent, manifest, [args.out])
             print(f"wrote {args.out}")
         else:
             print(text)
         return 0
     out = args.out or REPO_ROOT / "reports" / "index.html"
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'index.html'}")
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out {out} should end in .html (use --format md for Markdown)")
     t0 = time.perf_counter()
@@ -418,13 +453,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     from harness import sweep as sw
-    from harness.results import default_results_dir
     from harness.sweep.spec import expand, load_spec_file, parse_grid
 
-    if args.parallel < 1 or args.max_concurrent < 1:
-        raise UserError("--parallel and --max-concurrent must be at least 1")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
     if args.spec is not None:
         if args.variant or args.grid or extra:
             raise UserError("give either a sweep file or --variant/--grid/parameters, not both")
@@ -443,7 +473,7 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
         name = args.name or f"{variant.name}-{Path(args.budget).stem}"
         plan = expand(name, [entry], args.budget, list(range(1, (args.seeds or 1) + 1)), "command line",
                       args.max_steps)
-    results_dir = args.results_dir or default_results_dir()
+    results_dir = results_folder(args, writing=True)
     options = slurm_options(args)
     if args.executor == "slurm" and not args.dry_run:
         import shutil
@@ -451,24 +481,24 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
         if shutil.which("sbatch") is None:
             raise UserError("--executor slurm needs SLURM's sbatch on PATH; use --executor local on this machine")
     sw.submit(plan, results_dir, args.executor, args.parallel, options, args.dry_run)
-    if args.wait and not args.dry_run:
+    if args.dry_run:
+        return 0
+    if args.wait:
         return sw.follow(plan.name, results_dir)
-    return 0
+    if args.executor == "slurm":
+        return 0
+    return 1 if sw.failures(plan.name, results_dir) else 0  # local runs have ended: any that failed is said
 
 
 def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.budget import load_budget
-    from harness.results import default_results_dir
     from harness.tune import launch
     from harness.tune import study as st
 
     budget = load_budget(args.budget)
     variant, preset, fixed, _ = resolve_variant(args.variant, args.preset, budget, extra)
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
-    if args.reeval_top < 0 or args.reeval_seeds < 1:
-        raise UserError("--reeval-top must be 0 or more and --reeval-seeds at least 1")
-    results_dir = args.results_dir or default_results_dir()
+    check_seed(args.seed)
+    results_dir = results_folder(args, writing=True)
     settings = launch.plan_study(args, fixed, variant, preset, budget, results_dir)
     if args.dry_run:
         print(launch.describe(settings, st.Tally()))
@@ -478,8 +508,8 @@ def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
 
         if shutil.which("sbatch") is None:
             raise UserError("--executor slurm needs SLURM's sbatch on PATH; use --executor local on this machine")
+    study = st.open_study(settings)  # a storage that cannot be opened is refused before anything is saved
     path = st.save_settings(settings)
-    study = st.open_study(settings)
     print(launch.describe(settings, st.tally(study)), flush=True)
     slurm = slurm_options(args)
     if args.executor == "local":
@@ -498,11 +528,11 @@ def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from harness import sweep as sw
-    from harness.results import default_results_dir
     from harness.tune import launch
     from harness.tune import study as st
 
-    results_dir = args.results_dir or default_results_dir()
+    results_dir = results_folder(args, writing=False)
+    safe_name(args.sweep, "sweep or study name")
     if st.settings_file(results_dir, args.sweep).exists():
         print(launch.study_status(st.load_settings(st.settings_file(results_dir, args.sweep))))
         return 0
@@ -519,8 +549,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+DEBUG_FLAG = "--debug"
+DEBUG_HINT = f"add {DEBUG_FLAG} (or set HARNESS_DEBUG=1) to see the traceback"
+
+
+def failure_line(exc: BaseException) -> str:
+    """A failure that is not the user's input, in one line: what failed, and where when it is a file."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    import os
+
+    debug = DEBUG_FLAG in argv or os.environ.get("HARNESS_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    if debug:
+        os.environ["HARNESS_DEBUG"] = "1"  # for the worker processes of sweep and tune too
+    from harness.results import reset_warnings
+
+    reset_warnings()
     try:
         args, extra = build_parser().parse_known_args(argv)
         if args.command in ("run", "show", "sweep", "tune"):
@@ -535,16 +587,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        if not getattr(exc, "explained", False):  # a bug keeps its traceback; a run's known failure is one line
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `list | head` closed the pipe: stop quietly, as other command-line tools do
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 1
+    except Exception as exc:  # not the user's input (a full disk, a dying worker, a bug): one line, exit 1
+        if debug:
+            raise
+        explained = getattr(exc, "explained", False)  # a run that failed says so itself, with its record
+        print(f"error: {exc if explained or hasattr(exc, 'explained') else failure_line(exc)}"
+              + ("" if explained else f" ({DEBUG_HINT})"), file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
@@ -45,7 +46,10 @@ def parse_value(cls: type, name: str, raw: str) -> Any:
         if kind is int:
             return int(raw)
         if kind is float:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
         if kind is str:
             return raw
         origin = typing.get_origin(kind)
@@ -63,16 +67,17 @@ def parse_value(cls: type, name: str, raw: str) -> Any:
 def type_name(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
         return f"a comma-separated list of {typing.get_args(kind)[0].__name__}"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+    return {bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}.get(kind, str(kind))
 
 
 def _has_type(value: Any, kind: Any) -> bool:
     if typing.get_origin(kind) is tuple:
-        return isinstance(value, tuple)
+        inner = typing.get_args(kind)[0]
+        return isinstance(value, tuple) and all(_has_type(v, inner) for v in value)
     if isinstance(value, bool):  # bool is an int subclass, but True is not a layer count
         return kind is bool
-    if kind is float:
-        return isinstance(value, (int, float))
+    if kind is float:  # NaN and ±inf pass every range check, then break training and JSON
+        return isinstance(value, (int, float)) and math.isfinite(value)
     return isinstance(value, kind)
 
 
@@ -132,6 +137,8 @@ def stable_hash(obj: Any) -> str:
 
 def read_toml(path: Path, what: str) -> dict:
     """A TOML file as a dict, or a UserError naming the file: `what` says what it should have been."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give the .toml file itself")
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
     try:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils import flop_counter
 
 from harness import REPO_ROOT, hooks
+from harness.errors import UserError
 from harness.metric import autocast
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; MFU is reported only for these devices.
@@ -141,6 +142,39 @@ def worker_env(slot: int, gpus: list[str], devices_per_worker: int = 1) -> dict[
     n = min(devices_per_worker, len(gpus))
     first = slot * n % len(gpus)
     return {"CUDA_VISIBLE_DEVICES": ",".join(gpus[(first + k) % len(gpus)] for k in range(n))}
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory free for a model on `device` now (CPU: the kernel's MemAvailable), or None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+TRAINING_BYTES_PER_PARAMETER = 16  # fp32 weight, gradient and two optimizer moments
+
+
+def check_model_fits(variant, config, device: torch.device) -> None:
+    """Refuse a configuration whose parameters alone, with their gradients and optimizer state, exceed the memory
+    free on `device`: sized on the meta device (no memory), so `--model-dim 16384 --num-layers 256` is one line,
+    not minutes of swapping or the kernel's out-of-memory killer. A family that cannot build on meta skips it."""
+    try:
+        with torch.device("meta"):
+            numel = sum(p.numel() for p in variant.build(config).parameters())
+    except Exception:
+        return
+    need, free = numel * TRAINING_BYTES_PER_PARAMETER, available_memory_bytes(device)
+    if free is not None and need > free:
+        raise UserError(f"this configuration has {numel:,} parameters: {need / 2**30:,.1f} GiB for weights, "
+                        f"gradients and optimizer state, more than the {free / 2**30:,.1f} GiB free on {device.type}; "
+                        f"make it smaller (--model-dim, --num-layers, ...)")
 
 
 def peak_memory_bytes(device: torch.device) -> int:

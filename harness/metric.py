@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +75,12 @@ def load_validation(files, seq_len: int, cap_tokens: int, tables: ByteTables) ->
         raise UserError(f"the validation split has {tokens.size} tokens, fewer than one sequence of seq_len "
                         f"{seq_len}; use a smaller seq_len or a larger validation cap")
     tokens = tokens[:usable + 1]
+    vocab = tables.base_bytes.size
+    if tokens.size and int(tokens.max()) >= vocab:
+        bad = int(tokens.max())
+        raise UserError(f"the validation shards ({Path(files[0]).parent}) hold token id {bad}, outside the "
+                        f"tokenizer's {vocab}-token vocabulary: they were made with another tokenizer; pass the "
+                        f"right one (--tokenizer) or rebuild the shards")
     target_bytes = tables.count_bytes(tokens[:-1], tokens[1:])
     return ValidationSet(torch.from_numpy(tokens), seq_len, usable, target_bytes)
 

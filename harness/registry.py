@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,18 @@ def _load_file(path: Path) -> None:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except UserError:
+        del sys.modules[module_name]
+        raise
+    except Exception as exc:  # the plugin's own code: say where, in one line (--debug is not needed to find it)
+        del sys.modules[module_name]
+        line = exc.lineno if isinstance(exc, SyntaxError) else next(
+            (f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__)) if Path(f.filename) == path), None)
+        at = f" (line {line})" if line else ""
+        raise UserError(f"variant file {path} failed to load{at}: {type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
 
 
 def get_variant(name_or_path: str) -> tuple[Variant, str | None]:
@@ -123,6 +135,9 @@ def get_variant(name_or_path: str) -> tuple[Variant, str | None]:
         return mine[0], preset or None
     if name not in _REGISTRY:
         path = VARIANTS_DIR / f"{name}.py"
+        if not name.isidentifier():
+            raise UserError(f"variant {name!r} is neither a variant name (letters, digits, '_') nor a path to a .py "
+                            f"file; known variants: {', '.join(known_variant_names())}")
         if not path.is_file():
             raise UserError(f"unknown variant {name!r}; known variants: {', '.join(known_variant_names())} "
                             f"(or give a path to a .py file)")

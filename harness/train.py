@@ -25,13 +25,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import harness
 from harness import artifact, attention, checkpoint, compilation, hardware, hooks, precision
 from harness.config import as_dict, stable_hash
-from harness.data.datasets import default_data_root, resolve_dataset
+from harness.data.datasets import check_shard_lengths, default_data_root, resolve_dataset
 from harness.data.loader import DistributedTokenLoader, plan_accumulation
 from harness.errors import UserError
 from harness.metric import ScoredModel, autocast, evaluate, load_validation
 from harness.optim import build_optimizers, zeropower_via_newtonschulz5
 from harness.registry import Variant
-from harness.results import SCHEMA_VERSION, default_results_dir, new_run_id, thin_curve, write_curve, write_json_atomic
+from harness.results import (
+    SCHEMA_VERSION,
+    default_results_dir,
+    new_run_id,
+    thin_curve,
+    write_atomic,
+    write_curve,
+    write_json_atomic,
+)
 from harness.runspec import RunSpec
 
 
@@ -54,7 +62,10 @@ class Log:
         if console and not self.quiet:
             print(msg, flush=True)
         if self.file:
-            self.file.write(msg + "\n")
+            try:
+                self.file.write(msg + "\n")
+            except OSError:  # a full disk: the console still gets it, and the run goes on to record its end
+                pass
         else:
             self.pending.append(msg)
 
@@ -120,6 +131,7 @@ def accumulate(trainer, model, batches, accumulation: int, world_size: int, devi
 def build_model(variant: Variant, config, seed: int, device: torch.device, scheme: str) -> torch.nn.Module:
     """The variant's model at `seed`, built on the CPU so a seed gives the same init on any device, then moved
     to `device` with the precision scheme's dtypes."""
+    hardware.check_model_fits(variant, config, device)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -174,9 +186,15 @@ def run(spec: RunSpec) -> dict:
         raise UserError(f"tokenizer/vocab mismatch: dataset {dataset.name!r} has a {dataset.tokenizer.vocab_size}-"
                         f"token vocabulary but the model has --vocab-size {c.vocab_size}; "
                         f"pass --vocab-size {dataset.tokenizer.vocab_size}")
+    check_shard_lengths(dataset, b.seq_len)
     accumulation = plan_accumulation(b.tokens_per_step, b.micro_batch_tokens, b.seq_len, world_size)
     val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
     val_batch_tokens = b.tokens_per_step // (world_size * accumulation)
+
+    def new_loader() -> DistributedTokenLoader:
+        return DistributedTokenLoader(dataset.train_files, rank, world_size, device, c.vocab_size)
+
+    loader = new_loader()  # opens (and checks) the first training shard before anything is recorded
 
     model = build_model(spec.variant, c, spec.seed, device, scheme)
     scored = ScoredModel(model).to(device)
@@ -242,9 +260,8 @@ def run(spec: RunSpec) -> dict:
         log(f"note: {spec.note}", console=False)
     log(f"environment: {record['environment']}", console=False)
 
-    loader = DistributedTokenLoader(dataset.train_files, rank, world_size, device)
     curve: list[dict] = []
-    status, error, diverged_step, failure = "running", None, None, None
+    status, diverged_step, failure = "running", None, None
     training_ms, step, val_seconds_in_training = 0.0, 0, 0.0
     cap_ms = 1000.0 * b.train_wallclock_seconds
 
@@ -307,6 +324,18 @@ def run(spec: RunSpec) -> dict:
             if final_status != "interrupted":  # finished: the clock is spent, nothing to resume
                 (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
+    def failed(exc: BaseException) -> RunFailed:
+        """Record the run as failed with its reason, then the one-line error to raise; a record that cannot be
+        written (a full disk) is said in that line, and the run's log keeps the traceback."""
+        record["error"] = compilation.explain(exc) or f"{type(exc).__name__}: {exc}"
+        reason = record["error"].strip().splitlines()[0] if record["error"].strip() else type(exc).__name__
+        try:
+            finish("failed")
+            where = f"record and log in {run_dir}"
+        except OSError as write_error:
+            where = f"and its record could not be updated: {write_error.strerror}; log in {run_dir}"
+        return RunFailed(f"run {run_id} failed: {reason} ({where})", explained=compilation.explain(exc) is not None)
+
     try:
         # ------------------------------------------------------------------ WARM-UP (untimed, undone)
         record["calibration"] = {"before": hardware.calibrate(device)}  # how fast this machine is now (off the clock)
@@ -320,7 +349,7 @@ def run(spec: RunSpec) -> dict:
             model.load_state_dict(initial_model)
             for opt, state in zip(optimizers, initial_opts):
                 opt.load_state_dict(state)
-            loader = DistributedTokenLoader(dataset.train_files, rank, world_size, device)
+            loader = new_loader()
         sync()
         record["warmup_seconds"] = time.perf_counter() - t_warm
         log(f"warm-up: {warmup_steps} steps in {record['warmup_seconds']:.1f}s (not charged; state restored)")
@@ -404,8 +433,8 @@ def run(spec: RunSpec) -> dict:
         status = "interrupted"
         log(f"interrupted at step {step}; writing what the run produced")
     except Exception as exc:
-        status, error, failure = "failed", compilation.explain(exc) or f"{type(exc).__name__}: {exc}", exc
-        log(traceback.format_exc(), console=False)  # stderr gets it from the re-raise below
+        status, failure = "failed", exc
+        log(traceback.format_exc(), console=False)  # the CLI prints one line; --debug shows this too
     if status in ("interrupted", "failed") and step and curve:
         training_ms = 1000.0 * curve[-1]["seconds"]  # the clock as of the last completed step
     if status != "interrupted":
@@ -415,7 +444,7 @@ def run(spec: RunSpec) -> dict:
                   ms_per_step=training_ms / step if step and training_ms else None,
                   tokens_per_second=(step * b.tokens_per_step / (training_ms / 1000.0)
                                      if step and training_ms else None),
-                  curve=thin_curve(curve), diverged_step=diverged_step, error=error,
+                  curve=thin_curve(curve), diverged_step=diverged_step, error=None,
                   val_seconds_in_training=val_seconds_in_training, peak_memory_bytes=hardware.peak_memory_bytes(device))
     peak = hardware.peak_flops(device)
     record["mfu"] = (flops_per_token * record["tokens_per_second"] / (peak * world_size)
@@ -424,9 +453,7 @@ def run(spec: RunSpec) -> dict:
         finish(status)
         return record
     if status == "failed":
-        finish(status)
-        raise RunFailed(f"run {run_id} failed: {error} (record and log in {run_dir})",
-                        explained=compilation.explain(failure) is not None) from failure
+        raise failed(failure) from failure
 
     try:
         # ------------------------------------------------------------------ FINAL EVAL
@@ -443,7 +470,7 @@ def run(spec: RunSpec) -> dict:
         blob = artifact.compress(hooks.exported_state(model))
         size = artifact.measure(blob, code_files, b.code_bytes)
         if master:
-            (run_dir / "model.int8.ptz").write_bytes(blob)
+            write_atomic(run_dir / "model.int8.ptz", blob)
         record.update(artifact_model_bytes=size.model_bytes, artifact_code_bytes=size.code_bytes,
                       artifact_total_bytes=size.total_bytes, artifact_cap_bytes=b.artifact_cap_bytes,
                       artifact_code_counted=size.code_counted, artifact_model_code_bytes=size.model_code_bytes,
@@ -466,11 +493,8 @@ def run(spec: RunSpec) -> dict:
         status = "interrupted"
         log("interrupted during evaluation; writing what the run produced")
     except Exception as exc:
-        record["error"] = compilation.explain(exc) or f"{type(exc).__name__}: {exc}"
-        log(traceback.format_exc(), console=False)  # stderr gets it from the re-raise below
-        finish("failed")
-        raise RunFailed(f"run {run_id} failed: {record['error']} (record and log in {run_dir})",
-                        explained=compilation.explain(exc) is not None) from exc
+        log(traceback.format_exc(), console=False)
+        raise failed(exc) from exc
 
     # ------------------------------------------------------------------ RECORD
     finish(status)

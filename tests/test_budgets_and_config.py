@@ -71,7 +71,7 @@ def test_flags_become_typed_config_values_in_layer_order():
     flags = parse_config_flags(GPTConfig, ["--model-dim", "64", "--matrix-lr=0.02", "--num-heads", "4"])
     config = variant.resolve(None, {"model_dim": 128, "num_layers": 3}, flags)
     assert (config.model_dim, config.num_layers, config.matrix_lr, config.num_heads) == (64, 3, 0.02, 4)
-    with pytest.raises(UserError, match="expects a number"):
+    with pytest.raises(UserError, match="expects a finite number"):
         parse_config_flags(GPTConfig, ["--matrix-lr", "fast"])
     with pytest.raises(UserError, match="needs a value"):
         parse_config_flags(GPTConfig, ["--num-layers"])

@@ -120,7 +120,7 @@ def test_batch_not_divisible_by_seq_len_times_ranks(tmp_path):
     budget = write_budget(tmp_path / "b.toml", tokens_per_step=1000, micro_batch_tokens=64)
     result = harness_main("run", "--variant", "baseline", "--budget", str(budget),
                          env={"HARNESS_RESULTS_DIR": str(tmp_path / "r")})
-    assert_one_line_error(result, "tokens_per_step 1000 is not divisible by seq_len 64")
+    assert_one_line_error(result, "tokens_per_step (1000) must be a multiple of seq_len (64)")
 
 
 def test_output_into_a_closed_pipe_ends_quietly():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.checks import read_json
 from harness.data.shards import write_shard
 
 # The challenge's sp1024 trainer settings (data/download_hf_docs_and_tokenize.py in parameter-golf).
@@ -91,7 +92,7 @@ def record_tokenizer_hash(directory: Path) -> Path:
     """Add the tokenizer's hash to a corpus built before datasets recorded it (the tokenizer beside the shards is
     the one that made them: they are built together)."""
     meta_path = directory / "meta.json"
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "builtin corpus metadata", f"delete {directory} and it is rebuilt on next use")
     if "tokenizer_sha256" not in meta:
         meta["tokenizer_sha256"] = hashlib.sha256((directory / "builtin_1024_bpe.model").read_bytes()).hexdigest()
         tmp = meta_path.with_name(f".meta.json.tmp{os.getpid()}")
@@ -107,7 +108,12 @@ def build_builtin(data_root: Path, log=print) -> Path:
     sources = _stdlib_sources()
     index_path = datasets / "builtin-index.json"
     fingerprint = _fingerprint(sources)
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    try:  # a cache of built corpora: a damaged one is rebuilt from the folders it points at
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if not isinstance(index, dict):
+        index = {}
     cached = index.get(fingerprint)
     if cached and (datasets / cached / "meta.json").is_file():
         return record_tokenizer_hash(datasets / cached)

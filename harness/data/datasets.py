@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import REPO_ROOT
+from harness.checks import read_json
 from harness.data.fineweb import dataset_dirname, fetch_command
 from harness.data.shards import read_shard, shard_token_count
 from harness.data.tokenizers import Tokenizer, byte_tokenizer, sentencepiece_tokenizer
@@ -77,7 +77,8 @@ def from_directory(directory: Path, name: str, tokenizer_path: Path | None = Non
     for p in (*val, *train):
         shard_token_count(p)  # validates header and size now, with the file named, not mid-run
     meta_path = directory / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_json(meta_path, f"dataset {name!r} metadata", "fix or delete it (it records the dataset's "
+                     "tokenizer and hash)") if meta_path.exists() else {}
     if meta.get("tokenizer") == "byte260" or directory.name.endswith("byte260"):
         tokenizer = byte_tokenizer()
     else:
@@ -90,6 +91,17 @@ def from_directory(directory: Path, name: str, tokenizer_path: Path | None = Non
     check = check_tokenizer(name, directory, meta, tokenizer, val[0])
     return Dataset(name=name, directory=directory, train_files=train, val_files=val, tokenizer=tokenizer,
                    content_hash=content_hash, meta=meta, tokenizer_check=check)
+
+
+def check_shard_lengths(dataset: Dataset, seq_len: int) -> None:
+    """Every shard must hold at least one sequence and its next-token target (seq_len + 1 tokens): an empty
+    training shard would stall the loader, and a split of short shards has nothing to score."""
+    for split, files in (("training", dataset.train_files), ("validation", dataset.val_files)):
+        for path in files:
+            count = shard_token_count(path)
+            if count < seq_len + 1:
+                raise UserError(f"{split} shard {path} holds {count:,} tokens, too few for one sequence of the "
+                                f"budget's seq_len {seq_len} (needs {seq_len + 1:,}); remove it or rebuild it")
 
 
 ROUND_TRIP_SAMPLE_TOKENS = 8192

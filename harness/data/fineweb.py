@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from harness.checks import read_json
 from harness.errors import UserError
 
 REPO_ID = "willdepueoai/parameter-golf"
@@ -73,7 +74,8 @@ def fetch_fineweb(data_root: Path, train_shards: int, variant: str = "sp1024", l
     check_reachable()
     manifest_path = data_root / "manifest.json"
     _download(f"{REMOTE_PREFIX}/manifest.json", manifest_path)
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_json(manifest_path, "FineWeb manifest", f"delete it and run {fetch_command(train_shards, variant)} "
+                                                           f"again")
     entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
     if entry is None:
         raise UserError(f"{name} is not in the published manifest; available: "

@@ -18,22 +18,35 @@ from harness.errors import UserError
 
 
 class TokenStream:
-    def __init__(self, files: tuple[Path, ...]):
-        self.files = files
+    def __init__(self, files: tuple[Path, ...], vocab_size: int | None = None):
+        self.files, self.vocab_size = files, vocab_size
         self.file_index = 0
-        self.tokens = read_shard(files[0])
+        self.tokens = self.load(0)
         self.pos = 0
 
+    def load(self, index: int) -> np.ndarray:
+        """A shard's tokens, checked once against the vocabulary as it is opened (a token id past the embedding
+        would otherwise fail deep inside the model, or silently on a GPU)."""
+        tokens = read_shard(self.files[index])
+        if self.vocab_size is not None and tokens.size and int(tokens.max()) >= self.vocab_size:
+            raise UserError(f"training shard {self.files[index]} holds token id {int(tokens.max())}, outside the "
+                            f"{self.vocab_size}-token vocabulary; it was made with another tokenizer")
+        return tokens
+
     def take(self, n: int) -> np.ndarray:
-        chunks, remaining = [], n
+        chunks, remaining, empty_loads = [], n, 0
         while remaining > 0:
             available = self.tokens.size - self.pos
             if available <= 0:
+                empty_loads += 1
+                if empty_loads > len(self.files):  # a whole cycle gave nothing: never loop forever on empty shards
+                    raise UserError(f"the training shards ({self.files[0].parent}) hold no tokens")
                 self.file_index = (self.file_index + 1) % len(self.files)
-                self.tokens, self.pos = read_shard(self.files[self.file_index]), 0
+                self.tokens, self.pos = self.load(self.file_index), 0
                 continue
             k = min(remaining, available)
             chunks.append(self.tokens[self.pos:self.pos + k])
+            empty_loads = 0
             self.pos += k
             remaining -= k
         return np.concatenate(chunks) if len(chunks) > 1 else np.asarray(chunks[0])
@@ -51,9 +64,10 @@ def plan_accumulation(tokens_per_step: int, micro_batch_tokens: int, seq_len: in
 
 
 class DistributedTokenLoader:
-    def __init__(self, files: tuple[Path, ...], rank: int, world_size: int, device: torch.device):
+    def __init__(self, files: tuple[Path, ...], rank: int, world_size: int, device: torch.device,
+                 vocab_size: int | None = None):
         self.files, self.rank, self.world_size, self.device = files, rank, world_size, device
-        self.stream = TokenStream(files)
+        self.stream = TokenStream(files, vocab_size)
 
     def next_batch(self, tokens_per_step: int, seq_len: int, accumulation: int) -> tuple[torch.Tensor, torch.Tensor]:
         local = tokens_per_step // (self.world_size * accumulation)

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.checks import writable_folder
 from harness.errors import UserError
 from harness.report import plots, render, tables
 
@@ -76,7 +77,7 @@ def curve_series(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]])
 def board_section(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]], anchor: str) -> str:
     rows = board.rows
     title = render.board_title(board)
-    plotted = [r for r in rows if r["seeds"]]
+    plotted = [r for r in rows if r["seeds"] and not r.get("contended")]  # a starved machine is no point on a front
     cap = max((r["artifact_cap_bytes"] for r in rows if r["artifact_cap_bytes"]), default=None)
     figures = [
         render.figure(plots.pareto_plot(plotted, "artifact_total_bytes", "artifact bytes (model + code)", cap=cap,
@@ -160,18 +161,19 @@ def build_report(results_dir: Path, out: Path, budget: str | None = None, varian
     for r in runs:
         by_key.setdefault(r.row["config_key"], []).append(r)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    pages = out.parent / "runs"
+    stem = "leaderboard" if out.stem == "index" else f"{out.stem}-leaderboard"
+    exports = [out.with_name(f"{stem}.csv"), out.with_name(f"{stem}.parquet")]
+    run_pages = [pages / f"{r.row['run_id']}.html" for r in runs]
+    frame = tables.export_frame(boards)
+    manifest = claim_outputs(out, results_dir, [*exports, *run_pages], frame.columns)
     anchors = [f"board-{i}" for i in range(len(boards))]
     nav = "<nav>" + "".join(f'<a href="#{a}">{render.esc(render.board_title(b))}</a>'
                             for a, b in zip(anchors, boards)) + '<a href="#runs">all runs</a></nav>'
     filters = " ".join(f"{k} {v}" for k, v in (("budget", budget), ("variant", variant)) if v)
-    stem = "leaderboard" if out.stem == "index" else f"{out.stem}-leaderboard"
-    exports = [out.with_name(f"{stem}.csv"), out.with_name(f"{stem}.parquet")]
-    frame = tables.export_frame(boards)
     frame.write_csv(exports[0])
     frame.write_parquet(exports[1])
     run_rows = sorted((r.row for r in runs), key=lambda row: str(row["started_at"]), reverse=True)
-    pages = out.parent / "runs"
     pages.mkdir(exist_ok=True)
     sections = in_parallel(boards, anchors, by_key, runs, pages, os.path.relpath(out, pages))
     body = (render.report_header("golf-harness report", str(results_dir), len(runs), filters) + nav
@@ -182,7 +184,64 @@ def build_report(results_dir: Path, out: Path, budget: str | None = None, varian
             + f"<details><summary>{len(run_rows):,} runs, newest first</summary>"
             + render.runs_table(run_rows, "runs-table") + "</details></section>")
     write_text(out, render.page("golf-harness report", body))
+    remember_outputs(out.parent, manifest, [out, *exports, *run_pages])
     return Built(index=out, run_pages=len(runs), exports=exports, runs=len(runs))
+
+
+MANIFEST = ".golf-report.json"
+
+
+def made_here(path: Path, manifest: set[str], columns: list[str] = ()) -> bool:
+    """Whether a report wrote `path`: listed in its folder's manifest, or (reports from before the manifest)
+    an HTML or Markdown file carrying the report's mark, or an export with exactly the exports' columns."""
+    if path.name in manifest or str(path.parent.name + "/" + path.name) in manifest:
+        return True
+    if path.suffix in (".csv", ".parquet"):
+        import polars as pl
+
+        try:
+            found = (pl.read_csv(path, n_rows=0).columns if path.suffix == ".csv" else
+                     list(pl.read_parquet_schema(path)))
+        except Exception:  # not a table polars can read: not one of ours
+            return False
+        return bool(columns) and found == list(columns)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return render.GENERATOR.encode() in head or (path.suffix == ".html" and b"golf-harness</title>" in head)
+
+
+def claim_outputs(out: Path, results_dir: Path | None, extra: list[Path] = (), columns: list[str] = ()) -> set[str]:
+    """Check that a report may write `out` (and `extra` beside it): never into a run's folder, never over a file
+    it did not write. Returns the folder's manifest of report files."""
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'index.html'}")
+    folder = out.parent.resolve()
+    for parent in (folder, *folder.parents):
+        if (parent / "run.json").is_file():
+            raise UserError(f"--out {out} is inside the run folder {parent}; a report never writes among a run's "
+                            f"files: choose another folder (default: reports/)")
+    if results_dir is not None and folder == Path(results_dir).resolve():
+        raise UserError(f"--out {out} is in the results folder itself; choose another folder (default: reports/)")
+    writable_folder(out.parent, "--out folder")
+    manifest_path = out.parent / MANIFEST
+    try:
+        manifest = set(json.loads(manifest_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        manifest = set()
+    for target in (out, *extra):
+        if target.is_dir() or (target.exists() and not made_here(target, manifest, columns)):
+            raise UserError(f"--out {out}: {target} already exists and no report wrote it; a report never "
+                            f"replaces other files, so choose another --out")
+    return manifest
+
+
+def remember_outputs(folder: Path, manifest: set[str], written: list[Path]) -> None:
+    names = manifest | {os.path.relpath(p, folder) for p in written}
+    write_text(folder / MANIFEST, json.dumps(sorted(names), indent=0))
 
 
 def in_parallel(boards, anchors, by_key, runs, pages: Path, back: str) -> list[str]:

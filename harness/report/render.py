@@ -212,12 +212,16 @@ def runs_table(runs: list[dict], css_id: str = "") -> str:
     return table(headers, rows, css_id)
 
 
+GENERATOR = "golf-harness report"  # marks the files a report wrote, so a later report may replace them
+
+
 def page(title: str, body: str, script: bool = True) -> str:
     sorter = f"<script>{SORTER}</script>" if script else ""
     # The policy forbids every request except inline style, inline script and the page's own data: URLs.
     csp = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+            f'<meta name="generator" content="{GENERATOR}">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(title)}</title>'
             f"<style>{STYLE}</style></head><body>{body}{sorter}</body></html>")
 
@@ -301,7 +305,7 @@ def report_header(title: str, source: str, n_runs: int, filters: str) -> str:
 
 def markdown(boards: list[Leaderboard]) -> str:
     """The leaderboards as Markdown tables, to paste into a pull request."""
-    out = []
+    out = [f"<!-- {GENERATOR} -->\n"]
     for board in boards:
         out.append(f"### {board_title(board)}\n")
         out.append(f"Data: {board.dataset}." + (f" Overrides: {board.overrides}." if board.overrides else "") + "\n")

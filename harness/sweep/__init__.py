@@ -9,7 +9,6 @@ failed, interrupted: an interrupted run with a checkpoint resumes with the clock
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import subprocess
@@ -20,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.checks import SAFE_NAME, read_json, safe_name
 from harness.errors import UserError
-from harness.results import write_json_atomic
+from harness.results import read_record, write_json_atomic
 from harness.sweep.job import FINISHED, previous_status
 from harness.sweep.spec import Sweep
 
@@ -46,11 +46,33 @@ def state_file(results_dir: Path, name: str) -> Path:
 
 
 def load_state(results_dir: Path, name: str) -> dict:
+    safe_name(name, "sweep name")
     path = state_file(results_dir, name)
     if not path.exists():
         known = sorted(p.stem for p in (Path(results_dir) / "sweeps").glob("*.json"))
-        raise UserError(f"no sweep {name!r} in {results_dir}/sweeps; known: {', '.join(known) or 'none'}")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise UserError(f"no sweep or study {name!r} in {results_dir}; known sweeps: {', '.join(known) or 'none'}")
+    return read_state(path)
+
+
+def read_state(path: Path) -> dict:
+    """A sweep's state file, checked: a damaged one is named, with how to rebuild it."""
+    fix = "move it aside and run the sweep again to re-plan it (finished runs are found by their records)"
+    state = read_json(path, "sweep state", fix)
+    runs, submissions = state.get("runs"), state.get("submissions")
+    problem = ("'runs' is not a list" if not isinstance(runs, list) else
+               "'submissions' is not a list" if not isinstance(submissions, list) else
+               "'results_dir' is not a path" if not isinstance(state.get("results_dir"), str) else None)
+    for n, run in enumerate(runs if problem is None else []):
+        if not (isinstance(run, dict) and isinstance(run.get("run_id"), str) and SAFE_NAME.fullmatch(run["run_id"])
+                and isinstance(run.get("variant"), str) and isinstance(run.get("budget"), str)
+                and isinstance(run.get("seed"), int) and isinstance(run.get("params"), dict)):
+            problem = f"planned run {n + 1} is not a valid plan"
+            break
+    if problem is None and not all(isinstance(s, dict) and isinstance(s.get("run_id"), str) for s in submissions):
+        problem = "a submission is not a valid entry"
+    if problem:
+        raise UserError(f"sweep state {path} is damaged ({problem}); {fix}")
+    return state
 
 
 def save_state(sweep: Sweep, results_dir: Path, previous: dict | None) -> Path:
@@ -121,10 +143,9 @@ def record_is_fresh(run_dir: Path, seconds: float = 600) -> bool:
 
 
 def failure_reason(run_dir: Path, status: str | None) -> str:
-    try:
-        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "no record"
+    record = read_record(run_dir)
+    if record is None:
+        return "no readable record"
     if status == "interrupted":
         resumable = (run_dir / "checkpoint.pt").exists()
         return f"interrupted at step {record.get('steps')}" + (" (checkpoint: resumes)" if resumable else "")
@@ -147,9 +168,9 @@ def submit(sweep: Sweep, results_dir: Path, executor: str, parallel: int = 1,
     previous = None
     path = state_file(results_dir, sweep.name)
     if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
+        previous = read_state(path)
     state_path = save_state(sweep, results_dir, previous) if not dry_run else path
-    state = json.loads(state_path.read_text(encoding="utf-8")) if not dry_run else {
+    state = read_state(state_path) if not dry_run else {
         "name": sweep.name, "results_dir": str(results_dir), "runs": [r.to_dict() for r in sweep.runs],
         "submissions": (previous or {}).get("submissions", [])}
     states = run_states(state)
@@ -169,7 +190,7 @@ def submit(sweep: Sweep, results_dir: Path, executor: str, parallel: int = 1,
         return state
     submissions = {"debug": run_debug, "local": run_local, "slurm": run_slurm}[executor](
         todo, state_path, Path(state["results_dir"]), parallel=parallel, slurm=slurm or SlurmOptions(), echo=echo)
-    state = json.loads(state_path.read_text(encoding="utf-8"))
+    state = read_state(state_path)
     state["submissions"] += submissions
     state["updated_at"] = now()
     write_json_atomic(state_path, state)
@@ -220,12 +241,42 @@ def run_local(todo, state_path: Path, results_dir: Path, parallel: int = 1, echo
         finally:
             slots.put(slot)
         done_count[0] += 1
-        status = previous_status(results_dir / r.run_id) or f"no record (exit {code.returncode})"
+        status = previous_status(results_dir / r.run_id)
+        if status == "running":  # its process ended without recording how: say so in its record
+            status = mark_dead(results_dir / r.run_id, f"its process exited with code {code.returncode} before "
+                                                       f"recording an end (log: {log})")
+        status = status or f"no record (exit {code.returncode})"
         echo(f"[{done_count[0]}/{len(todo)}] {r.run_id}: {status}")
         return {"run_id": r.run_id, "executor": "local", "job_id": None, "submitted_at": now(), "log": str(log)}
 
     with ThreadPoolExecutor(max(1, parallel)) as pool:
         return list(pool.map(one, todo))
+
+
+def mark_dead(run_dir: Path, reason: str) -> str:
+    """A record left at "running" by a process that is gone becomes "failed", with the reason."""
+    record = read_record(run_dir)
+    if record is None or record["status"] != "running":
+        return record["status"] if record else "no record"
+    record.update(status="failed", error=reason, finished_at=now())
+    write_json_atomic(run_dir / "run.json", record)
+    return "failed"
+
+
+def failures(name: str, results_dir: Path, echo=print) -> int:
+    """After a sweep: each run that failed or never ran, why, and where its log is. Returns how many."""
+    state = load_state(results_dir, name)
+    states = run_states(state)
+    bad = {run_id: s for run_id, s in states.items() if s["state"] in ("failed", "missing")}
+    for run_id, s in bad.items():  # a record its dead job left at "running" now says how the run ended
+        if previous_status(Path(state["results_dir"]) / run_id) == "running":
+            mark_dead(Path(state["results_dir"]) / run_id, s["reason"])
+    if bad:
+        echo(f"sweep {name}: {len(bad)} of {len(states)} runs did not finish:")
+        for run_id, s in bad.items():
+            echo(f"  {run_id}: {s['reason']} (log: {s['log']})")
+        echo(f"re-run the same sweep command to retry them; status: python -m harness status {name}")
+    return len(bad)
 
 
 @contextlib.contextmanager
@@ -335,4 +386,4 @@ def follow(name: str, results_dir: Path, poll_seconds: float = 10.0, echo=print)
 
     built = build_report(results_dir, Path(results_dir).resolve().parent / "reports" / f"{name}.html")
     echo(f"report: {built.index}")
-    return 1 if counts["failed"] or counts["missing"] else 0
+    return 1 if failures(name, results_dir, echo) else 0

@@ -61,10 +61,10 @@ def slurm_cpu_threads() -> None:
 
 
 def previous_status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError):
-        return None
+    from harness.results import read_record
+
+    record = read_record(run_dir)
+    return record["status"] if record else None
 
 
 def set_aside(run_dir: Path) -> None:

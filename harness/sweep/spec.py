@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.checks import check_seed, safe_name, to_safe_name
 from harness.config import read_toml
 from harness.errors import UserError
 
@@ -70,6 +70,8 @@ def seeds_of(value: Any, where: str) -> list[int]:
             raise UserError(f"{where}: seeds = {value} runs nothing; give a count of at least 1 or a list")
         return list(range(1, value + 1))
     if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        for seed in value:
+            check_seed(seed, f"{where}: seed")
         return list(dict.fromkeys(value))
     raise UserError(f"{where}: seeds must be a count or a non-empty list of integers, got {value!r}")
 
@@ -90,8 +92,7 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
     from harness.registry import get_variant
     from harness.train import RunSpec
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise UserError(f"sweep name {name!r} must be letters, digits, '.', '_' or '-' (it names a file)")
+    safe_name(name, "sweep name")
     sweep = Sweep(name=name, source=source)
     budgets: dict[str, Any] = {}
     seen: set[str] = set()
@@ -136,7 +137,7 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
                     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed,
                                    max_steps=max_steps)
                     label = f"{variant.name}{'-' + preset if preset else ''}"
-                    run_id = f"{label}-{budget.name}-s{seed}-{spec.config_hash()[:10]}"
+                    run_id = to_safe_name(f"{label}-{budget.name}-s{seed}-{spec.config_hash()[:10]}")
                     if run_id in seen:
                         continue
                     seen.add(run_id)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from harness.checks import safe_name
 from harness.errors import UserError
 from harness.tune import space as sp
 from harness.tune import study as st
@@ -46,8 +46,7 @@ def plan_study(args, fixed: dict, variant, preset: str | None, budget, results_d
     space = sp.resolve_space(variant.space, variant.config_cls, args.search, only, fixed)
     name = args.name or f"{variant.name}-{Path(budget.name).stem}" + (
         "-" + "-".join(o.replace("_", "") for o in objectives[1:]) if len(objectives) > 1 else "")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise UserError(f"study name {name!r} must be letters, digits, '.', '_' or '-' (it names files)")
+    safe_name(name, "study name")
     budget_ref = str(Path(args.budget).resolve()) if args.budget.endswith(".toml") else args.budget
     settings = st.Settings(
         name=name, variant=variant_ref(variant), preset=preset, budget=budget_ref, fixed=fixed,
@@ -268,6 +267,22 @@ def trial_summary(trial, settings: st.Settings) -> str:
     return f"trial {trial.number} (run {trial.user_attrs.get('run_id')}): {values}"
 
 
+def failed_trials(study, settings: st.Settings) -> list[str]:
+    """A line per trial that failed (an error, not a divergence: a diverged trial is an outcome of its
+    configuration, as in a sweep): why, and where its run's log is."""
+    from optuna.trial import TrialState
+
+    lines = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get("status") in ("diverged", "lost", "interrupted"):  # outcomes, or retried
+            continue
+        run_id = t.user_attrs.get("run_id")
+        log = Path(settings.results_dir) / run_id / "log.txt" if run_id else None
+        where = f" (log: {log})" if log and log.exists() else ""
+        lines.append(f"  trial {t.number} failed: {t.user_attrs.get('reason') or 'no reason recorded'}{where}")
+    return ([f"{len(lines)} trial(s) failed:"] + lines) if lines else []
+
+
 def finish(settings: st.Settings, reeval_top: int, reeval_seeds: int, executor: str, workers: int, slurm,
            echo=print) -> int:
     """Summary, optional re-evaluation, the preset file and the report. Exit 1 if the study is short."""
@@ -278,6 +293,9 @@ def finish(settings: st.Settings, reeval_top: int, reeval_seeds: int, executor: 
     t = st.tally(study)
     echo(f"study {settings.name}: {t.counted}/{settings.trials} trials — {t.complete} complete, {t.pruned} pruned, "
          f"{t.failed} failed" + (f"; {t.lost} lost to stopped workers (not counted)" if t.lost else ""))
+    failed = failed_trials(study, settings)
+    for line in failed:
+        echo(line)
     best = st.best_trials(study, settings)
     infeasible = t.complete - len(st.feasible_trials(study))
     if infeasible:
@@ -319,4 +337,4 @@ def finish(settings: st.Settings, reeval_top: int, reeval_seeds: int, executor: 
     results_dir = Path(settings.results_dir)
     built = build_report(results_dir, results_dir.parent / "reports" / f"{settings.name}.html")
     echo(f"report: {built.index}")
-    return 0 if t.counted >= settings.trials else 1
+    return 0 if t.counted >= settings.trials and not failed else 1

@@ -137,6 +137,10 @@ def resolve_space(declared: dict[str, Dim], config_cls: type, searches: list[str
     space = {**OPTIMIZER_SPACE, **declared}
     for text in searches:
         name, dim = parse_search(config_cls, text)
+        if name in fixed:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"--search {text!r} searches {flag}, which is also fixed ({flag} {fixed[name]}); "
+                            f"drop one of the two")
         old = space.get(name)
         space[name] = dim if old is None else with_condition(dim, old.when)  # narrowing keeps the condition
     if only is not None:

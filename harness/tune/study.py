@@ -9,7 +9,6 @@ with its real numbers, and one whose worker died mid-run is failed with that rea
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.checks import SAFE_NAME, read_json
 from harness.errors import UserError
 from harness.results import write_json_atomic
 
@@ -71,8 +71,29 @@ def settings_file(results_dir: Path, name: str) -> Path:
     return Path(results_dir) / "studies" / f"{name}.json"
 
 
+SETTINGS_TYPES = {"name": str, "variant": str, "budget": str, "fixed": dict, "space": dict, "objectives": list,
+                  "trials": int, "pruner": str, "report_at": list, "storage": str, "results_dir": str, "seed": int,
+                  "heartbeat_grace_seconds": (int, float), "command": list, "submissions": list}
+
+
 def load_settings(path: Path) -> Settings:
-    return Settings(**json.loads(Path(path).read_text(encoding="utf-8")))
+    """A study's settings file, checked: a damaged one is named, with how to start over."""
+    fix = "move it aside and run tune again (with --name to start a new study)"
+    data = read_json(path, "study settings", fix)
+    missing = sorted(f for f in ("name", "variant", "preset", "budget", "fixed", "space", "objectives", "trials",
+                                 "pruner", "report_at", "storage", "results_dir") if f not in data)
+    unknown = sorted(set(data) - set(Settings.__dataclass_fields__))
+    wrong = [k for k, kind in SETTINGS_TYPES.items() if k in data and (
+        not isinstance(data[k], kind) or isinstance(data[k], bool))]
+    problem = (f"{missing[0]!r} is missing" if missing else f"unknown field {unknown[0]!r}" if unknown else
+               f"{wrong[0]!r} has the wrong type ({data[wrong[0]]!r:.40})" if wrong else None)
+    if problem is None and not all(isinstance(o, str) and o in OBJECTIVES for o in data["objectives"]):
+        problem = f"objectives {data['objectives']!r:.60} are not {', '.join(OBJECTIVES)}"
+    if problem is None and not SAFE_NAME.fullmatch(data["name"]):
+        problem = f"name {data['name']!r:.60} cannot name a file"
+    if problem:
+        raise UserError(f"study settings {path} are damaged ({problem}); {fix}")
+    return Settings(**data)
 
 
 def save_settings(settings: Settings) -> Path:
@@ -184,12 +205,10 @@ def handle(study, number: int):
 
 
 def read_record(results_dir: Path, run_id: str | None) -> dict | None:
-    if not run_id:
-        return None
-    try:
-        return json.loads((Path(results_dir) / run_id / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """A trial's run record (None if it has none, or a damaged one: warned about, never trusted)."""
+    from harness import results
+
+    return results.read_record(Path(results_dir) / run_id) if run_id else None
 
 
 def conclude(study, settings: Settings, number: int, record: dict | None, reason: str = "",

@@ -10,6 +10,7 @@ stops the current run, records it as interrupted, fails its trial as not counted
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -98,7 +99,8 @@ class Worker:
             except UserError as exc:  # e.g. a dataset that is not there: nothing ran
                 reason = str(exc)
             except Exception as exc:  # a failed run (its record says why) or a plugin that failed to build
-                traceback.print_exc()
+                if os.environ.get("HARNESS_DEBUG", "") not in ("", "0"):  # the run's log keeps it regardless
+                    traceback.print_exc()
                 record = st.read_record(Path(s.results_dir), run_id)
                 reason = "" if record else f"{type(exc).__name__}: {exc}"
             state = st.conclude(self.study, s, trial.number, record, reason)
