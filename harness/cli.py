@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run | list | show | data | results | report | sweep | status | tune`.
+"""Command line: `python -m harness run | list | show | check | data | results | report | sweep | status | tune`.
 
 Parsing turns words into a RunSpec; every user mistake becomes one line on stderr and exit code 2. Variant
 parameters are not declared here: they are derived from the variant's config dataclass, so a new field is a
@@ -86,6 +86,9 @@ def build_parser() -> Parser:
                      help="challenge: train_gpt.py's bf16 embedding and RoPE tables, fp32 matrices, bf16 autocast "
                           "(default on CUDA); fp32: fp32 master weights everywhere (default on CPU)")
     run.add_argument("--max-steps", type=COUNT, help="stop after this many steps even if the clock allows more")
+    run.add_argument("--no-preflight", dest="preflight", action="store_false",
+                     help="skip the conformance checks before training (debugging a plugin); the run is recorded "
+                          "as unverified and never ranked")
     run.add_argument("--quiet", action="store_true", help="print only the final line")
     run.add_argument("--note", help="free text kept in the record and shown in reports (what this run is for)")
 
@@ -99,6 +102,14 @@ def build_parser() -> Parser:
     show.add_argument("--budget", help="apply this budget's [model] sizes and artifact cap (default: none, cap 16MB)")
     show.add_argument("--seed", type=int, default=1337, help="training seed the model is initialised with, as run's")
     show.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    chk = sub.add_parser("check", help="every conformance check on a variant or plugin file, a line each",
+                         description="Any other --name value pair sets a parameter of the variant's config, as for "
+                                     "run. Exit 1 names each failed check.")
+    chk.add_argument("variant", help="family name, name:preset, or path to a plugin .py file")
+    chk.add_argument("--preset", help="a named configuration of the variant")
+    chk.add_argument("--budget", help="check at this budget's seq_len and [model] options (default: smoke)",
+                     default="smoke")
 
     data = sub.add_parser("data", help="fetch or build datasets")
     data.add_argument("dataset", choices=("fineweb", "builtin", "synthetic"))
@@ -281,7 +292,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=args.seed, run_id=args.run_id,
                    results_dir=results_folder(args, writing=True), data_root=args.data_root, data_dir=args.data_dir,
                    tokenizer=args.tokenizer, device=args.device, compile=args.compile, precision=args.precision,
-                   max_steps=args.max_steps,
+                   max_steps=args.max_steps, preflight=args.preflight,
                    quiet=args.quiet, note=args.note)
     # SLURM and other schedulers stop jobs with SIGTERM: record those runs as interrupted, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -375,6 +386,25 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
           f"code {size.code_bytes:,}; cap {cap:,} ({fits}; trained weights usually compress less well)")
     print(f"code bytes            model files {size.model_code_bytes:,}; with the harness's trainer (as a "
           f"submission counts its script) {size.submission_code_bytes:,}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness import conformance
+    from harness.budget import load_budget
+
+    budget = load_budget(args.budget)
+    variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra)
+    findings, summary = conformance.preflight(variant, config, budget.seq_len)
+    failed = {f.check: f.problem for f in reversed(findings)}
+    for check in summary["checks"]:
+        print(f"{'FAIL' if check in failed else 'ok  '}  {check}" + (f": {failed[check]}" if check in failed else ""))
+    where = f"{variant.name}{':' + preset if preset else ''} at seq_len {budget.seq_len} (and {summary['lengths']})"
+    print(f"{len(summary['checks']) - len(failed)}/{len(summary['checks'])} checks passed for {where} in "
+          f"{summary['seconds']:.1f}s")
+    if failed:
+        print(f"error: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -575,8 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     reset_warnings()
     try:
         args, extra = build_parser().parse_known_args(argv)
-        if args.command in ("run", "show", "sweep", "tune"):
-            code = {"run": cmd_run, "show": cmd_show, "sweep": cmd_sweep, "tune": cmd_tune}[args.command](args, extra)
+        if args.command in ("run", "show", "sweep", "tune", "check"):
+            code = {"run": cmd_run, "show": cmd_show, "sweep": cmd_sweep, "tune": cmd_tune,
+                    "check": cmd_check}[args.command](args, extra)
         elif extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         else:

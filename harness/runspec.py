@@ -32,6 +32,7 @@ class RunSpec:
     compile: bool | None = None      # None: compile on CUDA, not on CPU
     precision: str | None = None     # None: the challenge's scheme on CUDA, fp32 on CPU (harness.precision)
     max_steps: int | None = None     # overrides the budget's step cap (tests, quick checks)
+    preflight: bool = True           # the conformance checks before training (harness.conformance); off: unverified
     quiet: bool = False
     note: str | None = None          # free text kept in the record (what this run is for)
     resume: bool = False             # continue from the run folder's checkpoint with the clock it had left
@@ -68,4 +69,5 @@ class RunSpec:
         differs("max_steps", b.max_steps, self.max_steps)
         differs("data_dir", b.dataset, str(self.data_dir) if self.data_dir is not None else None)
         differs("tokenizer", "the dataset's own", str(self.tokenizer) if self.tokenizer is not None else None)
+        differs("preflight", "on", None if self.preflight else "off")
         return out

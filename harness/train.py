@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import harness
-from harness import artifact, attention, checkpoint, compilation, hardware, hooks, precision
+from harness import artifact, attention, checkpoint, compilation, conformance, hardware, hooks, precision
 from harness.config import as_dict, stable_hash
 from harness.data.datasets import check_shard_lengths, default_data_root, resolve_dataset
 from harness.data.loader import DistributedTokenLoader, plan_accumulation
@@ -128,6 +128,21 @@ def accumulate(trainer, model, batches, accumulation: int, world_size: int, devi
     return train_loss / accumulation
 
 
+def preflight_checks(spec: RunSpec) -> dict:
+    """The conformance checks on a small CPU copy of the run's model, before anything is recorded: a model that
+    sees the future, couples its batch or evaluates nondeterministically is refused, naming the check."""
+    if not spec.preflight:
+        return {"skipped": True}
+    findings, summary = conformance.preflight(spec.variant, spec.config, spec.budget.seq_len)
+    if findings:
+        from harness.registry import known_variant_names
+
+        ref = spec.variant.name if spec.variant.name in known_variant_names() else spec.variant.source_file
+        raise UserError(f"preflight check '{findings[0].check}' failed for {spec.variant.name}: {findings[0].problem}"
+                        f" (python -m harness check {ref} runs every check)")
+    return summary
+
+
 def build_model(variant: Variant, config, seed: int, device: torch.device, scheme: str) -> torch.nn.Module:
     """The variant's model at `seed`, built on the CPU so a seed gives the same init on any device, then moved
     to `device` with the precision scheme's dtypes."""
@@ -187,6 +202,7 @@ def run(spec: RunSpec) -> dict:
                         f"token vocabulary but the model has --vocab-size {c.vocab_size}; "
                         f"pass --vocab-size {dataset.tokenizer.vocab_size}")
     check_shard_lengths(dataset, b.seq_len)
+    preflight = preflight_checks(spec)
     accumulation = plan_accumulation(b.tokens_per_step, b.micro_batch_tokens, b.seq_len, world_size)
     val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
     val_batch_tokens = b.tokens_per_step // (world_size * accumulation)
@@ -236,7 +252,7 @@ def run(spec: RunSpec) -> dict:
         "val_bytes": val.target_bytes, "tokens_per_byte": val.target_tokens / val.target_bytes,
         "world_size": world_size, "grad_accumulation": accumulation, "compiled": use_compile,
         "warmup_steps": warmup_steps,
-        "precision": scheme, "attention": {"kernel": attention_kernel, **attention_found},
+        "precision": scheme, "attention": {"kernel": attention_kernel, **attention_found}, "preflight": preflight,
         "overrides": spec.overrides(world_size),
         "param_count": param_count, "stored_param_count": stored_param_count,
         "model_flops_per_token": flops_per_token,

@@ -161,6 +161,8 @@ def leaderboard_rows(board: Leaderboard) -> list[str]:
 
 
 def flags_text(row: dict, board: Leaderboard) -> str:
+    if row.get("unverified"):
+        return "unverified (ran with --no-preflight)"
     if not row.get("contended"):
         return ""
     median = board.runs["probe_gflops"].drop_nulls().median()

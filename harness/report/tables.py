@@ -38,7 +38,7 @@ RUN_SCHEMA = {
     "val_loss": pl.Float64, "tokens_per_byte": pl.Float64, "steps": pl.Int64, "ms_per_step": pl.Float64,
     "tokens_per_second": pl.Float64, "mfu": pl.Float64, "stored_param_count": pl.Int64,
     "artifact_total_bytes": pl.Int64, "artifact_cap_bytes": pl.Int64, "train_seconds": pl.Float64,
-    "probe_gflops": pl.Float64, "contended": pl.Boolean,
+    "probe_gflops": pl.Float64, "contended": pl.Boolean, "unverified": pl.Boolean,
 }
 
 
@@ -135,10 +135,13 @@ def to_run(record: dict, path: Path | None = None) -> Run:
                f"{record.get('tokenizer')} ({str(record.get('tokenizer_hash'))[:8]})")
     group = (record.get("budget_name"), hardware, dataset, overrides_text(record))
     # The folder names the run (and its page): a record copied from elsewhere cannot point outside it.
+    # A run that skipped the preflight checks is shown on a row of its own and never ranked.
+    unverified = bool((record.get("preflight") or {}).get("skipped"))
     row.update(run_id=path.name if path else str(record.get("run_id")),
-               label=f"{record.get('variant')}{':' + preset if preset else ''}", hardware=hardware,
-               config_key=config_key, group_key="\x1f".join(map(str, group)), params="",
-               probe_gflops=probe_gflops(record), contended=False)
+               label=f"{record.get('variant')}{':' + preset if preset else ''}" + (" (unverified)" if unverified
+                                                                                   else ""), hardware=hardware,
+               config_key=config_key + ("|unverified" if unverified else ""), group_key="\x1f".join(map(str, group)),
+               params="", probe_gflops=probe_gflops(record), contended=False, unverified=unverified)
     return Run(row=row, record=record, path=path)
 
 
@@ -206,11 +209,12 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("tokens_per_second").filter(scored).mean(), pl.col("ms_per_step").filter(scored).mean(),
         pl.col("mfu").filter(scored).mean(), pl.col("steps").filter(scored).mean(),
         pl.col("tokens_per_byte").drop_nulls().first(),
-        pl.col("contended").any(), pl.col("probe_gflops").min(),
+        pl.col("contended").any(), pl.col("unverified").any(), pl.col("probe_gflops").min(),
     ).with_columns(
         over_cap=(pl.col("artifact_total_bytes") > pl.col("artifact_cap_bytes")) | (pl.col("over_cap_runs") > 0),
     ).with_columns(
-        ranked=(pl.col("ok") > 0) & ~pl.col("over_cap") & (pl.col("over_eval_limit") == 0) & ~pl.col("contended"),
+        ranked=(pl.col("ok") > 0) & ~pl.col("over_cap") & (pl.col("over_eval_limit") == 0) & ~pl.col("contended")
+               & ~pl.col("unverified"),
     ))
 
 

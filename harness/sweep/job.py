@@ -136,7 +136,13 @@ def main() -> int:
     if len(sys.argv) != 3:
         print("usage: python -m harness.sweep.job STATE_FILE RUN_ID", file=sys.stderr)
         return 2
-    status = execute(sys.argv[1], sys.argv[2])
+    from harness.errors import UserError
+
+    try:
+        status = execute(sys.argv[1], sys.argv[2])
+    except UserError as exc:  # refused before it ran (a dataset gone missing since planning): one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0 if status in FINISHED else 1
 
 

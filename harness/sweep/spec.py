@@ -96,6 +96,7 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
     sweep = Sweep(name=name, source=source)
     budgets: dict[str, Any] = {}
     seen: set[str] = set()
+    checked: set[str] = set()
     for n, entry in enumerate(entries, 1):
         where = f"{source} run entry {n}"
         unknown = sorted(set(entry) - ENTRY_KEYS)
@@ -132,6 +133,7 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
                 raw = {**fixed, **dict(zip(names, point))}
                 flags = {k: parse_value(variant.config_cls, k, as_flag_text(v)) for k, v in raw.items()}
                 config = variant.resolve(preset, budget.model, flags, budget.name)
+                preflight_once(variant, config, budget, checked)
                 swept = {**({"preset": preset} if len(presets) > 1 else {}), **{k: flags[k] for k in names}}
                 for seed in seeds:
                     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed,
@@ -145,6 +147,18 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
                                                  params=flags, swept=swept, seed=seed, budget=budget_name,
                                                  max_steps=max_steps))
     return sweep
+
+
+def preflight_once(variant, config, budget, checked: set[str]) -> None:
+    """The conformance checks each distinct model of the sweep must pass, before anything is submitted: a plugin
+    that fails them refuses the whole sweep, naming the check, instead of failing run after run."""
+    from harness.config import as_dict, stable_hash
+    from harness.train import RunSpec, preflight_checks
+
+    key = stable_hash({"variant": variant.name, "config": as_dict(config), "seq_len": budget.seq_len})
+    if key not in checked:
+        preflight_checks(RunSpec(variant=variant, config=config, budget=budget))
+        checked.add(key)
 
 
 def variant_ref(variant) -> str:

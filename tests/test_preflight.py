@@ -1,0 +1,104 @@
+"""Preflight: every family passes the conformance checks on a live (randomised) model, each deliberately
+dishonest plugin in fixtures/cheaters/ is caught by the check named for its trick, `run` refuses it before
+anything is recorded, `check` names the failed check, and a run that skips preflight is never ranked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conformance import all_configs, config_id
+from test_cli_errors import assert_one_line_error
+
+from conftest import REPO, harness_main, write_budget
+from harness import conformance
+from harness.budget import load_budget
+from harness.registry import get_variant
+
+CHEATERS = REPO / "tests" / "fixtures" / "cheaters"
+# plugin file → the check that must catch it (and the words its finding must hold)
+CAUGHT_BY = {
+    "zero_gate_leak": ("causality", "sees the future"),
+    "eval_only_leak": ("causality", "in eval mode"),
+    "long_sequence_leak": ("causality", "at length 192"),
+    "batch_coupling": ("batch independence", "must not see each other"),
+    "nondeterministic_eval": ("determinism", "apart"),
+}
+
+
+@pytest.mark.parametrize("name,preset,changes", all_configs(), ids=[config_id(*c) for c in all_configs()])
+def test_every_family_passes_preflight_on_a_live_model(name, preset, changes):
+    variant, _ = get_variant(name)
+    budget = load_budget("smoke")
+    config = variant.resolve(preset, budget.model, changes)
+    findings, summary = conformance.preflight(variant, config, budget.seq_len)
+    assert not findings, [(f.check, f.problem) for f in findings]
+    assert summary["passed"] and summary["lengths"] == [192, 256]
+
+
+@pytest.mark.parametrize("cheater", sorted(CAUGHT_BY))
+def test_each_cheating_plugin_is_caught_by_its_check(cheater):
+    variant, _ = get_variant(str(CHEATERS / f"{cheater}.py"))
+    budget = load_budget("smoke")
+    findings, summary = conformance.preflight(variant, variant.resolve(None, budget.model, {}), budget.seq_len)
+    check, words = CAUGHT_BY[cheater]
+    assert findings and not summary["passed"]
+    assert any(f.check == check and words in f.problem for f in findings), [(f.check, f.problem) for f in findings]
+
+
+def test_a_zero_initialised_leak_is_invisible_at_init_which_is_why_preflight_randomises():
+    """The old check, on the freshly built model, passes the zero-gated leak: the gate is zero at init."""
+    from conformance import causality_problems, tiny
+
+    variant, config = tiny(str(CHEATERS / "zero_gate_leak.py"))
+    torch_model = variant.build(config)
+    assert causality_problems(torch_model, config) == []
+    conformance.randomize(torch_model)
+    assert conformance.causality(torch_model, config.vocab_size, 64, "eval")
+
+
+def test_run_refuses_a_cheater_before_recording_anything(tmp_path):
+    budget = write_budget(tmp_path / "b.toml")
+    result = harness_main("run", "--variant", str(CHEATERS / "zero_gate_leak.py"), "--budget", str(budget),
+                          "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(result, "preflight check 'causality' failed", "python -m harness check")
+    assert not (tmp_path / "r").exists()
+
+
+def test_check_prints_a_line_per_check_and_names_what_failed():
+    passed = harness_main("check", "baseline")
+    assert passed.returncode == 0, passed.stderr
+    assert [line.split()[0] for line in passed.stdout.splitlines()[:3]] == ["ok", "ok", "ok"]
+    assert "3/3 checks passed" in passed.stdout
+    failed = harness_main("check", str(CHEATERS / "batch_coupling.py"))
+    assert failed.returncode == 1 and "FAIL  batch independence" in failed.stdout
+    assert failed.stderr.strip() == "error: failed: batch independence"
+
+
+def test_a_run_without_preflight_is_recorded_unverified_and_never_ranked(tmp_path):
+    from harness.report import tables
+
+    budget = write_budget(tmp_path / "b.toml")
+    results = tmp_path / "r"
+    for extra in ([], ["--no-preflight"]):
+        done = harness_main("run", "--variant", "baseline", "--budget", str(budget), "--max-steps", "2", "--quiet",
+                            "--results-dir", str(results), *extra)
+        assert done.returncode == 0, done.stderr
+    records = [json.loads(p.read_text()) for p in sorted(Path(results).glob("*/run.json"))]
+    by_kind = {bool(r["preflight"].get("skipped")): r for r in records}
+    assert by_kind[False]["preflight"]["passed"] and by_kind[False]["preflight"]["seconds"] > 0
+    assert {"name": "preflight", "budget": "on", "effective": "off"} in by_kind[True]["overrides"]
+    boards = tables.build_leaderboards(tables.load_runs(results))
+    rows = [row for board in boards for row in board.rows]
+    unverified = [row for row in rows if row["label"].endswith("(unverified)")]
+    assert len(unverified) == 1 and not unverified[0]["ranked"]
+    assert any(row["ranked"] for row in rows if not row["label"].endswith("(unverified)"))
+
+
+def test_a_sweep_of_a_cheater_is_refused_before_anything_is_submitted(tmp_path):
+    budget = write_budget(tmp_path / "b.toml")
+    result = harness_main("sweep", "--variant", str(CHEATERS / "long_sequence_leak.py"), "--budget", str(budget),
+                          "--seeds", "2", "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(result, "preflight check 'causality' failed")
+    assert not (tmp_path / "r").exists()
