@@ -132,13 +132,77 @@ def stored_numel(state: dict[str, Tensor]) -> int:
 
 
 def model_source_files(model: nn.Module, variant_file: Path | None) -> list[Path]:
-    """The source that defines the model: the variant file and every module defining a class in the model."""
+    """The source that defines the model: the variant file, every module defining a class in the model, and
+    every module those import that is not the standard library, an installed package or the harness's trainer
+    (a helper module beside a variant holds model code as much as the variant file does)."""
     files = {Path(variant_file).resolve()} if variant_file else set()
     for module in model.modules():
         src = inspect.getsourcefile(type(module))
         if src and not Path(src).resolve().is_relative_to(TORCH_DIR):
             files.add(Path(src).resolve())
-    return sorted(files)
+    return sorted(files | {f for path in files for f in imported_files(path)})
+
+
+@functools.cache
+def _outside_roots() -> tuple[Path, ...]:
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    return tuple({Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths})
+
+
+def imported_files(path: Path) -> set[Path]:
+    """Source files of the modules `path` imports, anywhere in it, transitively, that are the user's code: not
+    the standard library, not an installed package (an editable install of this repository aside: its harness
+    modules are the trainer's, counted as such) and not compiled extensions."""
+    import importlib.util
+    import sys
+
+    harness_dir = Path(__file__).resolve().parent
+    seen: set[Path] = set()
+    todo = [Path(path).resolve()]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            tree = ast.parse(current.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.ImportFrom) and node.level > 0:  # from . import x / from .m import y
+                base = current.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+                stems = [node.module] if node.module else [a.name for a in node.names]
+                todo += [p for stem in stems for p in (base.joinpath(*stem.split(".")).with_suffix(".py"),
+                                                       base.joinpath(*stem.split("."), "__init__.py")) if p.is_file()]
+                continue
+            else:
+                continue
+            for name in names:
+                module = sys.modules.get(name)
+                origin = getattr(module, "__file__", None)
+                if origin is None and module is None and "." not in name:
+                    try:
+                        spec = importlib.util.find_spec(name)
+                    except (ImportError, ValueError):
+                        spec = None
+                    origin = spec.origin if spec is not None and spec.has_location else None
+                if not origin or not origin.endswith(".py"):
+                    continue
+                file = Path(origin).resolve()
+                if (file.is_relative_to(harness_dir) or file.is_relative_to(TORCH_DIR)
+                        or any(file.is_relative_to(root) for root in _outside_roots())):
+                    continue
+                todo.append(file)
+    seen.discard(Path(path).resolve())
+    return seen
 
 
 @functools.cache

@@ -102,3 +102,14 @@ def test_a_sweep_of_a_cheater_is_refused_before_anything_is_submitted(tmp_path):
                           "--seeds", "2", "--results-dir", str(tmp_path / "r"))
     assert_one_line_error(result, "preflight check 'causality' failed")
     assert not (tmp_path / "r").exists()
+
+
+def test_code_a_plugin_imports_from_beside_it_is_counted_in_the_artifact():
+    done = harness_main("show", str(CHEATERS / "helper_code" / "outside_count.py"), "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    helper = (CHEATERS / "helper_code" / "golf_helper_functions.py").stat().st_size
+    plugin = (CHEATERS / "helper_code" / "outside_count.py").stat().st_size
+    baseline = json.loads(harness_main("show", "baseline", "--json").stdout)
+    assert info["artifact_model_code_bytes"] == baseline["artifact_model_code_bytes"] - (
+        REPO / "variants" / "baseline.py").stat().st_size + plugin + helper
