@@ -5,7 +5,7 @@ tokens, sequences that see each other through the batch, evaluation that is not 
 checks run on a live model: every parameter is given a random value first, because a zero-initialised gate
 (the baseline's output projections start at zero) hides a leak at init. Causality is checked in training and
 evaluation modes, at the budget's sequence length and at a long length that crosses the chunk, pool and window
-boundaries the families use, at positions on both sides of each power of two.
+boundaries the families use, at positions on both sides of each boundary.
 """
 
 from __future__ import annotations
@@ -61,13 +61,12 @@ def logits_of(model, x: torch.Tensor) -> torch.Tensor:
         return split_output(model(x))[0].float()
 
 
+BOUNDARIES = (8, 64, 128)  # mps's scan chunks, agents' EMA chunks, the length a leak was once hidden behind
+
+
 def positions(seq_len: int) -> list[int]:
-    """0, both sides of every power of two below seq_len, and the last two positions."""
-    out = {0, seq_len - 2}
-    k = 1
-    while k < seq_len:
-        out.update({k - 1, k})
-        k *= 2
+    """0, both sides of each boundary the families use, the middle and the next-to-last position."""
+    out = {0, seq_len // 2, seq_len - 2, *(p for k in BOUNDARIES for p in (k - 1, k))}
     return sorted(p for p in out if 0 <= p < seq_len - 1)
 
 
@@ -78,12 +77,12 @@ def tokens(vocab: int, batch: int, seq_len: int, seed: int) -> torch.Tensor:
 def causality(model, vocab: int, seq_len: int, mode: str) -> list[str]:
     """Changing the tokens after t leaves the logits at 0..t unchanged, for each probed t."""
     model.train(mode == "train")
-    x = tokens(vocab, 2, seq_len, seed=1)
+    x = tokens(vocab, 1, seq_len, seed=1)
     base = logits_of(model, x)
     scale = max(1.0, base.abs().max().item())
     for t in positions(seq_len):
         y = x.clone()
-        y[:, t + 1:] = (y[:, t + 1:] + 1 + tokens(vocab, 2, seq_len - t - 1, seed=2 + t) % (vocab - 1)) % vocab
+        y[:, t + 1:] = (y[:, t + 1:] + 1 + tokens(vocab, 1, seq_len - t - 1, seed=2 + t) % (vocab - 1)) % vocab
         diff = (logits_of(model, y)[:, :t + 1] - base[:, :t + 1]).abs().max().item()
         if not diff <= TOLERANCE * scale:  # NaN counts as a change
             return [f"in {mode} mode at length {seq_len}, logits at positions <= {t} change by {diff:.2e} when "
@@ -119,7 +118,7 @@ def preflight(variant, config, seq_len: int, seed: int = 0) -> tuple[list[Findin
     t0 = time.perf_counter()
     small = small_copy(variant, config)
     torch.manual_seed(seed)
-    model = variant.build(small)
+    model = variant.construct(small)
     randomize(model, seed)
     vocab = small.vocab_size
     lengths = sorted({seq_len, LONG_SEQ_LEN})

@@ -167,7 +167,7 @@ def check_model_fits(variant, config, device: torch.device) -> None:
     not minutes of swapping or the kernel's out-of-memory killer. A family that cannot build on meta skips it."""
     try:
         with torch.device("meta"):
-            numel = sum(p.numel() for p in variant.build(config).parameters())
+            numel = sum(p.numel() for p in variant.construct(config).parameters())
     except Exception:
         return
     need, free = numel * TRAINING_BYTES_PER_PARAMETER, available_memory_bytes(device)

@@ -36,6 +36,13 @@ class Variant:
     space: dict[str, Any] = field(default_factory=dict)  # harness.tune.space dimensions over config fields
     graph_breaks: str = ""  # why the model cannot compile as one graph (empty: it compiles with fullgraph=True)
 
+    def construct(self, config: Any) -> nn.Module:
+        """The model, built as every build must be: from the config and the seed alone (harness.guard)."""
+        from harness.guard import building
+
+        with building(self.name):
+            return self.build(config)
+
     def resolve(self, preset: str | None = None, budget_overrides: dict[str, Any] | None = None,
                 flags: dict[str, Any] | None = None, budget_name: str = "budget",
                 preset_values: dict[str, Any] | None = None) -> Any:

@@ -150,7 +150,7 @@ def build_model(variant: Variant, config, seed: int, device: torch.device, schem
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model = variant.build(config)
+    model = variant.construct(config)
     model.to(device)
     precision.apply(model, scheme)
     return model
@@ -494,7 +494,7 @@ def run(spec: RunSpec) -> dict:
                       artifact_code_files=[os.path.relpath(p, harness.REPO_ROOT) for p in size.code_files])
         if status == "running":
             # The round trip scores a model rebuilt from the artifact alone, copied into the compiled one.
-            artifact.copy_tensors(model, artifact.restore(spec.variant.build, c, blob))
+            artifact.copy_tensors(model, artifact.restore(spec.variant.construct, c, blob))
             t_eval = time.perf_counter()
             record["val_loss_post_quant"], record["val_bpb_post_quant"] = validate()
             sync()

@@ -113,3 +113,13 @@ def test_code_a_plugin_imports_from_beside_it_is_counted_in_the_artifact():
     baseline = json.loads(harness_main("show", "baseline", "--json").stdout)
     assert info["artifact_model_code_bytes"] == baseline["artifact_model_code_bytes"] - (
         REPO / "variants" / "baseline.py").stat().st_size + plugin + helper
+
+
+def test_a_build_that_reads_a_file_is_refused(tmp_path):
+    result = harness_main("show", str(CHEATERS / "reads_a_table.py"))
+    assert_one_line_error(result, "build() opened", "smuggled_table.txt", "config and seed alone")
+    budget = write_budget(tmp_path / "b.toml")
+    run = harness_main("run", "--variant", str(CHEATERS / "reads_a_table.py"), "--budget", str(budget),
+                       "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(run, "build() opened")
+    assert not (tmp_path / "r").exists()
