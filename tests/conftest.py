@@ -105,6 +105,21 @@ def cluster(tmp_path_factory):
         os.environ["SLURM_CONF"] = old
 
 
+def every_step(run_dir: Path) -> list[dict]:
+    """The run's curve.jsonl: one point per optimizer step (run.json keeps a thinned copy)."""
+    return [json.loads(line) for line in (Path(run_dir) / "curve.jsonl").read_text().splitlines()]
+
+
+def assert_clock_stopped_at(run_dir: Path, record: dict, cap_seconds: float) -> None:
+    """The clock stops at the first step that reaches the cap, so the overshoot is that one step; the record
+    charges nothing after it but its bookkeeping, less than a step. Judged by this run's own step times, so a
+    busy machine (longer steps) passes as an idle one does."""
+    clock = [p["seconds"] for p in every_step(run_dir)]
+    longest_step = max(b - a for a, b in zip([0.0] + clock, clock))
+    assert clock[-2] < cap_seconds <= clock[-1] <= record["train_seconds"], (clock[-2:], record["train_seconds"])
+    assert record["train_seconds"] - clock[-1] < longest_step, (clock[-1], record["train_seconds"], longest_step)
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:

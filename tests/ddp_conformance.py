@@ -4,9 +4,11 @@ micro-batches. Writes {config id: [problems]} to the JSON file named on the comm
 
 import json
 import sys
+import weakref
 
 import conformance as cf
 import torch
+import torch._dynamo  # noqa: F401  before the process group exists: see main()
 import torch.distributed as dist
 
 from harness.metric import ScoredModel
@@ -26,6 +28,7 @@ def step(model, config, batches, world_size):
 
 def main(out_path: str) -> None:
     dist.init_process_group("gloo")
+    world_group = weakref.ref(dist.group.WORLD)
     rank, world = dist.get_rank(), dist.get_world_size()
     problems = {}
     for name, preset, changes in cf.all_configs():
@@ -54,7 +57,14 @@ def main(out_path: str) -> None:
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(problems, f, indent=1)
+    # Shut the group down while the interpreter is whole. A gloo worker thread lets go of a collective's tensors
+    # just after the caller has resumed; if this rank is already exiting by then (a loaded machine makes that
+    # likely), freeing their Python objects needs the GIL, Python ends the thread inside a C++ destructor, and
+    # the rank aborts: "terminate called without an active exception". destroy_process_group() joins those
+    # threads, but only if nothing else holds the group: DDP's first use imports torch._dynamo, and its import of
+    # torch.distributed.nn binds the default group as default arguments for good; hence that import on top.
     dist.destroy_process_group()
+    assert world_group() is None, "the process group outlived destroy_process_group(): its threads race the exit"
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ def test_show_reports_measured_sizes(name):
 
 def test_one_ddp_step_matches_a_single_process_step_for_every_family(tmp_path):
     out = tmp_path / "ddp.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The script runs from tests/: put this checkout's harness first, whatever copy is installed.
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", "29517", str(REPO / "tests" / "ddp_conformance.py"), str(out)],
                             cwd=REPO / "tests", env=env, capture_output=True, text=True, timeout=600)

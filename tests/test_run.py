@@ -1,5 +1,6 @@
 """Whole runs through the real CLI: every ending writes a complete record."""
 
+import dataclasses
 import json
 import math
 import os
@@ -11,8 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, harness_cli, only_record, write_budget
+from conftest import REPO, assert_clock_stopped_at, every_step, harness_cli, only_record, write_budget
+from harness.budget import load_budget
+from harness.registry import get_variant
 from harness.results import CURVE_POINTS, thin_curve
+from harness.train import RunSpec, run
 
 REQUIRED_FIELDS = [
     "schema_version", "run_id", "config_hash", "variant", "config", "budget", "budget_name", "seed", "commit",
@@ -23,10 +27,17 @@ REQUIRED_FIELDS = [
     "precision", "attention", "compile", "calibration", "overrides", "tokenizer_check", "artifact_code_counted",
     "artifact_model_code_bytes", "artifact_submission_code_bytes",
 ]
+# Learning is judged after a fixed number of steps, never after a budget's clock: a busy machine takes longer
+# over them but takes the same steps. An idle 2-core machine does ~260 in the smoke budget's minute and ~700 in
+# the synthetic budget's 30 s; these counts meet the claims below with a margin (smoke: val_bpb ~2.35 against
+# a bound of ~2.62; synthetic: ~0.03 above the entropy against a bound of 0.12).
+SMOKE_STEPS = 200
+SYNTHETIC_STEPS = 300
 
 
-def test_smoke_run_learns_far_below_the_unigram_entropy(tmp_path):
-    """The README's main command, unchanged: a full smoke run with a complete record."""
+def test_smoke_run_writes_a_complete_record_and_stops_on_its_clock(tmp_path):
+    """The README's main command, unchanged: a full smoke run with a complete record. How far a minute gets
+    depends on the machine; what the minute must do does not (learning is judged on a step cap, below)."""
     results = tmp_path / "results"
     result = harness_cli("run", "--variant", "baseline", "--budget", "smoke",
                          env={"HARNESS_RESULTS_DIR": str(results)})
@@ -34,10 +45,8 @@ def test_smoke_run_learns_far_below_the_unigram_entropy(tmp_path):
     record = only_record(results)
     missing = [f for f in REQUIRED_FIELDS if f not in record]
     assert not missing, f"record lacks {missing}"
-    assert record["status"] == "ok" and record["steps"] > 50
-    # The clock stops at the first step that reaches 60 s: the overshoot is at most that one step.
-    last_step_seconds = record["curve"][-1]["seconds"] - record["curve"][-2]["seconds"]
-    assert 60.0 <= record["train_seconds"] <= 60.0 + last_step_seconds + 0.05
+    assert record["status"] == "ok"
+    assert_clock_stopped_at(results / record["run_id"], record, 60.0)
     assert record["environment"]["torch"] and record["environment"]["device_type"] == "cpu"
     assert record["artifact_total_bytes"] == record["artifact_model_bytes"] + record["artifact_code_bytes"]
     assert record["artifact_code_bytes"] == record["artifact_submission_code_bytes"] > 100_000
@@ -47,10 +56,14 @@ def test_smoke_run_learns_far_below_the_unigram_entropy(tmp_path):
     assert (results / record["run_id"] / "model.int8.ptz").stat().st_size == record["artifact_model_bytes"]
     assert "final: val_loss" in (results / record["run_id"] / "log.txt").read_text()
     assert any("val_bpb" in point for point in record["curve"][:-1]), "no validation during training"
-    every_step = [json.loads(line) for line in (results / record["run_id"] / "curve.jsonl").read_text().splitlines()]
-    assert [p["step"] for p in every_step] == list(range(1, record["steps"] + 1))
-    assert record["curve"] == thin_curve(every_step)
-    # Unigram entropy of the training tokens, scored on validation, in bits per byte.
+    every = every_step(results / record["run_id"])
+    assert [p["step"] for p in every] == list(range(1, record["steps"] + 1))
+    assert record["curve"] == thin_curve(every)
+
+
+def unigram_bpb(record: dict) -> float:
+    """Unigram entropy of the builtin corpus's training tokens, scored on the run's validation tokens, in bits
+    per byte."""
     from harness.data.datasets import resolve_dataset
     from harness.data.shards import read_shard
 
@@ -58,19 +71,33 @@ def test_smoke_run_learns_far_below_the_unigram_entropy(tmp_path):
     train = np.asarray(read_shard(ds.train_files[0]))
     p = (np.bincount(train, minlength=1024) + 1) / (train.size + 1024)
     val = np.asarray(read_shard(ds.val_files[0]))[1:record["val_tokens"] + 1]
-    unigram_bpb = -np.log2(p[val]).mean() * record["tokens_per_byte"]
-    assert record["val_bpb_post_quant"] < 0.75 * unigram_bpb
+    return -np.log2(p[val]).mean() * record["tokens_per_byte"]
+
+
+def step_capped(name: str, max_steps: int, tmp_path) -> dict:
+    """A shipped budget's data, model and batch for exactly `max_steps` steps, whatever the machine's speed:
+    its clock is lifted out of the way (the step cap binds), so learning is judged the same everywhere."""
+    budget = dataclasses.replace(load_budget(name), train_wallclock_seconds=24 * 3600)
+    variant, _ = get_variant("baseline")
+    config = variant.resolve(None, budget.model, None, budget.name)
+    record = run(RunSpec(variant=variant, config=config, budget=budget, results_dir=tmp_path, max_steps=max_steps,
+                         quiet=True, command=["test"]))
+    assert record["status"] == "ok" and record["steps"] == max_steps, record.get("error")
+    return record
+
+
+def test_smoke_model_learns_far_below_the_unigram_entropy(tmp_path):
+    """The smoke budget's model, data and batch for SMOKE_STEPS steps: far below the unigram entropy, and the
+    int8 round trip costs almost nothing."""
+    record = step_capped("smoke", SMOKE_STEPS, tmp_path)
+    assert record["val_bpb_post_quant"] < 0.75 * unigram_bpb(record)
     assert abs(record["val_bpb_post_quant"] - record["val_bpb"]) < 0.02
 
 
 def test_synthetic_source_is_scored_just_above_its_entropy_never_below(tmp_path):
     from harness.data.synthetic import SETTINGS, transition_matrix
 
-    results = tmp_path / "results"
-    result = harness_cli("run", "--variant", "baseline", "--budget", "synthetic", "--quiet",
-                         env={"HARNESS_RESULTS_DIR": str(results)})
-    assert result.returncode == 0, result.stderr
-    record = only_record(results)
+    record = step_capped("synthetic", SYNTHETIC_STEPS, tmp_path)
     entropy = record["dataset_entropy_bits_per_byte"]
     # The true source's own log-loss on this validation sample (where it has its full context).
     from harness.data.datasets import resolve_dataset
@@ -151,15 +178,21 @@ def test_nan_loss_stops_the_run_as_diverged_and_records_it(tmp_path):
     assert record["curve"][0]["train_loss"] is not None and record["curve"][1]["train_loss"] is None
 
 
-def test_a_bug_mid_run_is_recorded_as_failed_and_keeps_its_traceback(tmp_path):
-    results = tmp_path / "r"
+def test_a_bug_mid_run_is_recorded_as_failed_in_one_line_and_its_log_keeps_the_traceback(tmp_path):
     budget = write_budget(tmp_path / "b.toml", warmup_steps=0)
-    result = harness_cli("run", "--variant", str(REPO / "tests/fixtures/failing_variant.py"), "--budget",
-                         str(budget), env={"HARNESS_RESULTS_DIR": str(results)})
-    assert result.returncode == 1 and "Traceback" in result.stderr
-    record = only_record(results)
+    args = ["run", "--variant", str(REPO / "tests/fixtures/failing_variant.py"), "--budget", str(budget),
+            "--max-steps", "3"]
+    result = harness_cli(*args, env={"HARNESS_RESULTS_DIR": str(tmp_path / "r")})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "failed: RuntimeError: deliberate bug in a variant" in lines[-1] and "--debug" in lines[-1]
+    record = only_record(tmp_path / "r")
     assert record["status"] == "failed" and "deliberate bug" in record["error"]
-    assert "deliberate bug" in (results / record["run_id"] / "log.txt").read_text()
+    log = (tmp_path / "r" / record["run_id"] / "log.txt").read_text()
+    assert "Traceback" in log and "deliberate bug" in log
+    debug = harness_cli(*args, "--debug", env={"HARNESS_RESULTS_DIR": str(tmp_path / "d")})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "deliberate bug" in debug.stderr
+    assert only_record(tmp_path / "d")["status"] == "failed"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -200,8 +233,8 @@ def test_results_table_lists_runs_best_first_and_filters(tmp_path):
     for i, (bpb, status) in enumerate(((2.5, "ok"), (1.5, "ok"), (None, "diverged"))):
         (results / f"run{i}").mkdir()
         (results / f"run{i}" / "run.json").write_text(json.dumps(
-            {"run_id": f"run{i}", "variant": "baseline", "budget_name": "smoke", "status": status,
-             "val_bpb_post_quant": bpb, "seed": i}))
+            {"schema_version": 2, "run_id": f"run{i}", "variant": "baseline", "budget_name": "smoke",
+             "status": status, "val_bpb_post_quant": bpb, "seed": i, "config": {}, "started_at": "2026-01-01"}))
     out = harness_cli("results", "--results-dir", str(results)).stdout
     assert out.index("run1") < out.index("run0") < out.index("run2")
     filtered = harness_cli("results", "--results-dir", str(results), "--status", "diverged").stdout

@@ -217,23 +217,31 @@ def test_an_interrupted_study_resumes_without_lost_or_repeated_trials(tmp_path, 
     args = [sys.executable, "-m", "harness", "tune", "--variant", "baseline", "--budget", str(budget), "--trials", "4",
             "--pruner", "none", "--name", "resume", "--results-dir", str(results), "--sampler-seed", "1"]
     log = open(tmp_path / "first.log", "w")
+    t0 = time.perf_counter()
     first = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
-    def second_trial_training():
-        if not st.settings_file(results, "resume").exists():
-            return False
-        running = [t for t in trials_of(results, "resume") if t.state.name == "RUNNING" and t.number == 1]
-        log_file = results / "resume-t0001" / "log.txt"
-        return running and log_file.exists() and "step 1 |" in log_file.read_text()
+    def first_trial_done():
+        record = results / "resume-t0000" / "run.json"  # written atomically
+        return record.exists() and json.loads(record.read_text())["status"] != "running"
 
-    wait_for(second_trial_training, 120, "the second trial to be training")
+    def second_trial_training():
+        log_file = results / "resume-t0001" / "log.txt"  # the cheap check first: the study is polled only after
+        if not (log_file.exists() and "step 1 |" in log_file.read_text()):
+            return False
+        return any(t.state.name == "RUNNING" and t.number == 1 for t in trials_of(results, "resume"))
+
+    # The first trial (the process starting, setting up and training on the 4 s clock) sets the pace: every
+    # later wait is a multiple of it, so a busy machine gets the time it needs.
+    wait_for(first_trial_done, 900, "the first trial to finish")
+    trial_seconds = time.perf_counter() - t0
+    wait_for(second_trial_training, 3 * trial_seconds, "the second trial to be training")
     first.send_signal(signal.SIGTERM)
-    assert first.wait(60) == 130
+    assert first.wait(3 * trial_seconds) == 130
     trials = trials_of(results, "resume")
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
     assert trials[1].user_attrs["counts"] is False and trials[1].user_attrs["status"] == "interrupted"
 
-    second = harness_cli(*args[3:], timeout=300)
+    second = harness_cli(*args[3:], timeout=max(300, 10 * trial_seconds))  # three more trials
     assert second.returncode == 0, second.stdout + second.stderr
     assert "4/4 trials — 4 complete, 0 pruned, 0 failed; 1 lost to stopped workers" in second.stdout
     trials = trials_of(results, "resume")
@@ -241,7 +249,7 @@ def test_an_interrupted_study_resumes_without_lost_or_repeated_trials(tmp_path, 
     records = run_records(results)
     assert sorted(records) == sorted(t.user_attrs["run_id"] for t in trials)
     assert records[trials[1].user_attrs["run_id"]]["status"] == "interrupted"  # kept, never overwritten
-    changed = harness_cli(*args[3:], "--objectives", "val_bpb,artifact_bytes", timeout=60)
+    changed = harness_cli(*args[3:], "--objectives", "val_bpb,artifact_bytes", timeout=3 * trial_seconds)
     assert changed.returncode == 2 and "already exists with another objectives" in changed.stderr
 
 
