@@ -35,11 +35,19 @@ def _allowed(path: str) -> bool:
     return any(real == root or real.startswith(root + os.sep) for root in _active.roots)
 
 
+def _reads(mode, flags) -> bool:
+    """Whether an open only reads: reading is how weights or data get in (a library probing a temporary folder
+    for writing, as torch's lazy imports do, is not)."""
+    if isinstance(mode, str):
+        return not any(c in mode for c in "wax+")
+    return isinstance(flags, int) and not flags & (os.O_WRONLY | os.O_RDWR)
+
+
 def _hook(event: str, args: tuple) -> None:
     if event != "open" or not getattr(_active, "variant", None):
         return
-    path = args[0]
-    if isinstance(path, int):
+    path, mode, flags = (tuple(args) + (None, None))[:3]
+    if isinstance(path, int) or not _reads(mode, flags):
         return
     text = os.fsdecode(path) if isinstance(path, bytes | os.PathLike) else str(path)
     if not _allowed(text):
