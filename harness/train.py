@@ -343,14 +343,15 @@ def run(spec: RunSpec) -> dict:
     def failed(exc: BaseException) -> RunFailed:
         """Record the run as failed with its reason, then the one-line error to raise; a record that cannot be
         written (a full disk) is said in that line, and the run's log keeps the traceback."""
-        record["error"] = compilation.explain(exc) or f"{type(exc).__name__}: {exc}"
+        explained = compilation.explain(exc)
+        record["error"] = explained or f"{type(exc).__name__}: {exc}"
         reason = record["error"].strip().splitlines()[0] if record["error"].strip() else type(exc).__name__
         try:
             finish("failed")
             where = f"record and log in {run_dir}"
         except OSError as write_error:
             where = f"and its record could not be updated: {write_error.strerror}; log in {run_dir}"
-        return RunFailed(f"run {run_id} failed: {reason} ({where})", explained=compilation.explain(exc) is not None)
+        return RunFailed(f"run {run_id} failed: {reason} ({where})", explained=explained is not None)
 
     try:
         # ------------------------------------------------------------------ WARM-UP (untimed, undone)
