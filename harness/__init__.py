@@ -11,3 +11,6 @@ PROCESS_START = time.perf_counter()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 __version__ = "0.1.0"
+
+# The harness's files hashed now, before any plugin can be imported (harness/integrity.py).
+from harness import integrity as _integrity  # noqa: E402,F401

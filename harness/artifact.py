@@ -126,6 +126,29 @@ def copy_tensors(dst: nn.Module, src: nn.Module) -> None:
     dst.train(dst.training)  # drops weights cached from the old values
 
 
+def unstored_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """Tensors the model holds that no artifact can: plain tensor attributes and non-persistent buffers."""
+    out = {}
+    for prefix, module in model.named_modules():
+        held = [(attr, v) for attr, v in vars(module).items()
+                if isinstance(v, Tensor) and not isinstance(v, nn.Parameter)]
+        held += [(name, module._buffers[name]) for name in module._non_persistent_buffers_set
+                 if module._buffers.get(name) is not None]
+        out.update((f"{prefix}.{attr}" if prefix else attr, value) for attr, value in held)
+    return out
+
+
+def differing_unstored(a: nn.Module, b: nn.Module) -> list[str]:
+    """Names of the unstored tensors (above) that differ between two models of the same architecture."""
+    theirs = unstored_tensors(b)
+    names = []
+    for name, t in unstored_tensors(a).items():
+        other = theirs.get(name)
+        if other is None or other.shape != t.shape or not torch.equal(other.detach().cpu(), t.detach().cpu()):
+            names.append(name)
+    return names
+
+
 def stored_numel(state: dict[str, Tensor]) -> int:
     """Numbers the artifact stores: every element of every floating-point tensor it holds."""
     return sum(t.numel() for t in state.values() if t.is_floating_point())

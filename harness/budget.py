@@ -47,6 +47,9 @@ class Budget:
     # Which code bytes count towards the cap: "submission" (the model's files and the harness modules that train
     # and score it, as the challenge counts its whole script) or "model" (the model's files only).
     code_bytes: str = "submission"
+    # How long a variant's build() may take: it gets its config and the seed, never data, and work that improves
+    # the model belongs in training, where the clock charges it.
+    build_seconds_limit: float = 60.0
     # Config overrides for tiny budgets, e.g. a smaller model (applied before presets and CLI flags).
     model: dict[str, Any] = field(default_factory=dict)
     source: str = ""
@@ -98,7 +101,8 @@ def check_budget(b: Budget, path: Path) -> None:
                "val_every_seconds": ((float, int), 0, True, 366 * 86400),
                "log_every_seconds": ((float, int), 0, False, 366 * 86400),
                "artifact_cap_bytes": ((int,), 1, True, 2**48), "max_steps": ((int,), 1, True, 2**40),
-               "warmup_steps": ((int,), 0, True, 1_000_000)}
+               "warmup_steps": ((int,), 0, True, 1_000_000),
+               "build_seconds_limit": ((float, int), 0, False, 86400)}
     for name, (kinds, low, inclusive, high) in numbers.items():
         value = getattr(b, name)
         if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):

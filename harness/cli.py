@@ -395,8 +395,10 @@ def cmd_check(args: argparse.Namespace, extra: list[str]) -> int:
 
     budget = load_budget(args.budget)
     variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra)
-    findings, summary = conformance.preflight(variant, config, budget.seq_len)
-    failed = {f.check: f.problem for f in reversed(findings)}
+    findings, summary = conformance.preflight(variant, config, budget.seq_len, full=True,
+                                              build_seconds_limit=budget.build_seconds_limit)
+    first = {f.check: f.problem for f in reversed(findings)}
+    failed = {check: first[check] for check in summary["checks"] if check in first}
     for check in summary["checks"]:
         print(f"{'FAIL' if check in failed else 'ok  '}  {check}" + (f": {failed[check]}" if check in failed else ""))
     where = f"{variant.name}{':' + preset if preset else ''} at seq_len {budget.seq_len} (and {summary['lengths']})"
@@ -585,6 +587,10 @@ DEBUG_HINT = f"add {DEBUG_FLAG} (or set HARNESS_DEBUG=1) to see the traceback"
 
 def failure_line(exc: BaseException) -> str:
     """A failure that is not the user's input, in one line: what failed, and where when it is a file."""
+    from harness.guard import refused_path
+
+    if refused_path(exc):
+        return f"the model opened {refused_path(exc)}"
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"

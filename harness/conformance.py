@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from harness import artifact, guard, integrity
 from harness.metric import split_output
 
 # The copy keeps the run's family and options and shrinks what only sets the size.
@@ -112,23 +114,177 @@ def determinism(model, vocab: int, seq_len: int) -> list[str]:
     return [] if diff == 0 else [f"evaluating the same input twice gives logits {diff:.2e} apart"]
 
 
-def preflight(variant, config, seq_len: int, seed: int = 0) -> tuple[list[Finding], dict]:
-    """Run every check on a small CPU copy of (variant, config) with random parameters. Returns the findings
-    (empty: conforms) and what was checked, for the run's record."""
+def output_shape(model, vocab: int, seq_len: int) -> list[str]:
+    """Logits of shape (batch, seq_len, vocab), finite, in both modes; training-only terms finite scalars."""
+    x = tokens(vocab, 2, seq_len, seed=5)
+    problems = []
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        with torch.no_grad():
+            logits, extra = split_output(model(x))
+        if tuple(logits.shape) != (*x.shape, vocab):
+            problems.append(f"{mode} logits have shape {tuple(logits.shape)}, expected {(*x.shape, vocab)}")
+        elif not torch.isfinite(logits).all():
+            problems.append(f"{mode} logits are not all finite")
+        problems += [f"training-only loss {name!r} is not a finite scalar" for name, term in extra.items()
+                     if mode == "train" and not (torch.is_tensor(term) and term.ndim == 0 and torch.isfinite(term))]
+    return problems
+
+
+def state_outside_artifact(variant, config, seed: int = 0) -> list[str]:
+    """Two builds under different seeds hold the same tensors outside their state dict: whatever differs is
+    neither stored in the artifact nor regenerated from the config, so a rebuilt model would not have it."""
+    models = []
+    for s in (seed + 11, seed + 12):
+        torch.manual_seed(s)
+        models.append(variant.construct(config))
+    names = artifact.differing_unstored(*models)
+    if not names:
+        return []
+    return [f"tensors {', '.join(names[:3])} are not in the exported state dict and differ between builds: "
+            f"register them as parameters or persistent buffers, or generate them from a stored seed "
+            f"(harness.hooks.seeded_generator)"]
+
+
+PREFLIGHT = ("build", "output shape", "causality", "batch independence", "determinism", "state outside the artifact",
+             "data access", "harness integrity")
+FULL = PREFLIGHT[:-2] + ("alignment", "artifact round trip", "data access", "harness integrity")
+
+
+def _run(check: str, fn, *args) -> list[Finding]:
+    """The check's findings; a check the model crashes fails, saying how (a refused file read by name)."""
+    try:
+        return [Finding(check, p) for p in fn(*args)]
+    except guard.BuildRefused as exc:
+        return [Finding(check, str(exc))]
+    except Exception as exc:
+        path = guard.refused_path(exc)
+        if path:
+            return [Finding("data access", f"during the {check} check the model opened {path}")]
+        text = str(exc).strip().splitlines()
+        return [Finding(check, f"the model raised {type(exc).__name__}" + (f": {text[0]}" if text else ""))]
+
+
+def preflight(variant, config, seq_len: int, seed: int = 0, full: bool = False,
+              build_seconds_limit: float | None = None) -> tuple[list[Finding], dict]:
+    """Run the checks on a small CPU copy of (variant, config) with random parameters. Returns the findings
+    (empty: conforms) and what was checked, for the run's record. `full` adds the slower checks `check` runs:
+    the copy task (logits at t predict token t+1) and the sealed artifact round trip after it."""
     t0 = time.perf_counter()
     small = small_copy(variant, config)
-    torch.manual_seed(seed)
-    model = variant.construct(small)
-    randomize(model, seed)
     vocab = small.vocab_size
     lengths = sorted({seq_len, LONG_SEQ_LEN})
-    findings: list[Finding] = []
-    for mode in ("train", "eval"):
-        for length in lengths:
-            findings += [Finding("causality", p) for p in causality(model, vocab, length, mode)]
-        findings += [Finding("batch independence", p) for p in batch_independence(model, vocab, seq_len, mode)]
-    findings += [Finding("determinism", p) for p in determinism(model, vocab, seq_len)]
-    model.train()
-    summary = {"checks": ["causality", "batch independence", "determinism"], "modes": ["train", "eval"],
-               "lengths": lengths, "seconds": time.perf_counter() - t0, "passed": not findings}
+    built: list = []
+
+    def build() -> list[str]:
+        torch.manual_seed(seed)
+        built.append(variant.construct(small, build_seconds_limit))
+        return []
+
+    findings = _run("build", build)
+    if built:
+        model = built[0]
+        randomize(model, seed)
+        findings += _run("output shape", output_shape, model, vocab, min(seq_len, 64))
+    if built and not findings:  # the other checks need a model with logits of the right shape
+        for mode in ("train", "eval"):
+            for length in lengths:
+                findings += _run("causality", causality, model, vocab, length, mode)
+            findings += _run("batch independence", batch_independence, model, vocab, seq_len, mode)
+        findings += _run("determinism", determinism, model, vocab, seq_len)
+        findings += _run("state outside the artifact", state_outside_artifact, variant, small, seed)
+        model.train()
+        if full:
+            torch.manual_seed(seed)
+            fresh = variant.construct(small, build_seconds_limit)
+            findings += _run("alignment", alignment, fresh, small)
+            findings += _run("artifact round trip", sealed_round_trip, variant, small, fresh)
+    changed = integrity.verify()
+    if changed:
+        findings.append(Finding("harness integrity", f"the plugin changed the harness in memory: "
+                                                     f"{'; '.join(changed[:4])}"))
+    checks = list(FULL if full else PREFLIGHT)
+    summary = {"checks": checks, "modes": ["train", "eval"], "lengths": lengths,
+               "seconds": time.perf_counter() - t0, "passed": not findings}
     return findings, summary
+
+
+# ------------------------------------------------------------------ the slower checks of `check`
+
+COPY_LEN = 32
+
+
+def train_steps(model, config, batches) -> list[float]:
+    """One optimizer step per (x, y) batch, through the trainer's own accumulate(); the losses."""
+    from harness.metric import ScoredModel
+    from harness.optim import build_optimizers
+    from harness.train import accumulate
+
+    scored = ScoredModel(model)
+    optimizers, _ = build_optimizers(model, config, fused=False)
+    losses = []
+    for x, y in batches:
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        losses.append(accumulate(scored, model, [(x, y)], 1, 1, torch.device("cpu"), None).item())
+        for opt in optimizers:
+            opt.step()
+    return losses
+
+
+def copy_pairs(config, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random tokens, each even position's token repeated at the next position: from position 2k the next
+    token is certain (a copy), from odd positions it is uniformly random."""
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(0, config.vocab_size, (batch, COPY_LEN // 2 + 1), generator=g).repeat_interleave(2, dim=1)
+    return seq[:, :COPY_LEN], seq[:, 1:COPY_LEN + 1]
+
+
+def alignment_loss(model, config, steps: int = 60, stop_below: float | None = None) -> float:
+    """Mean loss (nats) on the predictable positions of held-out copy pairs after training on copy pairs: near 0
+    if logits at t predict token t+1, about ln(vocab) if they are shifted by one position. With `stop_below`,
+    training ends as soon as a check (every 10 steps) is under it, so a model that learns fast is not trained on."""
+    x, y = copy_pairs(config, 32, seed=10_000)
+
+    def held_out() -> float:
+        model.eval()
+        logits = logits_of(model, x)
+        model.train()
+        return F.cross_entropy(logits[:, 0::2].reshape(-1, config.vocab_size), y[:, 0::2].reshape(-1)).item()
+
+    for start in range(0, steps, 10):
+        train_steps(model, config, (copy_pairs(config, 16, seed) for seed in range(start, min(start + 10, steps))))
+        if stop_below is not None and held_out() < stop_below:
+            break
+    return held_out()
+
+
+def alignment(model, config) -> list[str]:
+    """The copy task is learnt: logits at t predict token t+1 (not t, not t+2)."""
+    target = 0.25 * math.log(config.vocab_size)
+    loss = alignment_loss(model, config, stop_below=target)
+    if loss < target:
+        return []
+    return [f"after training on a copy task the predictable tokens still cost {loss:.2f} nats (ln vocab = "
+            f"{math.log(config.vocab_size):.2f}): logits at position t must predict token t+1"]
+
+
+def sealed_round_trip(variant, config, model) -> list[str]:
+    """The trained model exported, then rebuilt from the artifact alone in a sealed process: the same logits."""
+    from harness import hooks, sealed
+
+    blob = artifact.compress(hooks.exported_state(model))
+    restored = artifact.restore(variant.construct, config, blob)
+    artifact.copy_tensors(model, restored)
+    probe = tokens(config.vocab_size, 2, COPY_LEN * 2, seed=6)
+    try:
+        result = sealed.round_trip(variant, config, blob, artifact.model_source_files(model, variant.source_file),
+                                   counted="submission", device=torch.device("cpu"), precision="fp32",
+                                   probe_tokens=probe, probe_logits=sealed.probe_logits(model, probe))
+    except sealed.SealedFailure as exc:
+        return [str(exc)]
+    problem = sealed.probe_mismatch(result)
+    if problem is None:
+        return []
+    hidden = artifact.differing_unstored(model, restored)
+    return [problem + (f"; tensors outside it that differ: {', '.join(hidden[:3])}" if hidden else "")]

@@ -8,6 +8,7 @@ what is valid.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import sys
 import traceback
@@ -36,12 +37,18 @@ class Variant:
     space: dict[str, Any] = field(default_factory=dict)  # harness.tune.space dimensions over config fields
     graph_breaks: str = ""  # why the model cannot compile as one graph (empty: it compiles with fullgraph=True)
 
-    def construct(self, config: Any) -> nn.Module:
-        """The model, built as every build must be: from the config and the seed alone (harness.guard)."""
+    def construct(self, config: Any, seconds_limit: float | None = None) -> nn.Module:
+        """The model, built as every build must be: from the config and the seed alone, without training, within
+        `seconds_limit` (harness.guard)."""
         from harness.guard import building
 
-        with building(self.name):
+        with building(self.name, seconds_limit):
             return self.build(config)
+
+    @property
+    def source_sha256(self) -> str | None:
+        """The content hash of the variant file as it was when it was imported (None: not from a file)."""
+        return LOADED_HASHES.get(str(self.source_file)) if self.source_file else None
 
     def resolve(self, preset: str | None = None, budget_overrides: dict[str, Any] | None = None,
                 flags: dict[str, Any] | None = None, budget_name: str = "budget",
@@ -66,6 +73,7 @@ class Variant:
 
 
 _REGISTRY: dict[str, Variant] = {}
+LOADED_HASHES: dict[str, str] = {}  # variant file → sha256 of the bytes that were imported
 
 
 # Options of run, show, sweep and tune: a config field of the same name would be shadowed by the option (as a
@@ -111,6 +119,13 @@ def _load_file(path: Path) -> None:
     module_name = f"variants.{path.stem}" if path.parent == VARIANTS_DIR else f"golf_variant_{path.stem}"
     if module_name in sys.modules:
         return
+    from harness import guard, integrity
+    from harness.data.datasets import default_data_root
+
+    integrity.freeze()  # the harness as it is before any plugin code runs
+    guard.add_plugin_files(path)
+    guard.protect(default_data_root())
+    LOADED_HASHES[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -126,6 +141,9 @@ def _load_file(path: Path) -> None:
         at = f" (line {line})" if line else ""
         raise UserError(f"variant file {path} failed to load{at}: {type(exc).__name__}: "
                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    from harness.artifact import imported_files
+
+    guard.add_plugin_files(*imported_files(path))  # helper modules it imports are its code too
 
 
 def get_variant(name_or_path: str) -> tuple[Variant, str | None]:

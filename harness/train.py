@@ -23,7 +23,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import harness
-from harness import artifact, attention, checkpoint, compilation, conformance, hardware, hooks, precision
+from harness import (
+    artifact,
+    attention,
+    checkpoint,
+    compilation,
+    conformance,
+    guard,
+    hardware,
+    hooks,
+    integrity,
+    precision,
+    sealed,
+)
 from harness.config import as_dict, stable_hash
 from harness.data.datasets import check_shard_lengths, default_data_root, resolve_dataset
 from harness.data.loader import DistributedTokenLoader, plan_accumulation
@@ -133,7 +145,8 @@ def preflight_checks(spec: RunSpec) -> dict:
     sees the future, couples its batch or evaluates nondeterministically is refused, naming the check."""
     if not spec.preflight:
         return {"skipped": True}
-    findings, summary = conformance.preflight(spec.variant, spec.config, spec.budget.seq_len)
+    findings, summary = conformance.preflight(spec.variant, spec.config, spec.budget.seq_len,
+                                              build_seconds_limit=spec.budget.build_seconds_limit)
     if findings:
         from harness.registry import known_variant_names
 
@@ -143,14 +156,15 @@ def preflight_checks(spec: RunSpec) -> dict:
     return summary
 
 
-def build_model(variant: Variant, config, seed: int, device: torch.device, scheme: str) -> torch.nn.Module:
+def build_model(variant: Variant, config, seed: int, device: torch.device, scheme: str,
+                build_seconds_limit: float | None = None) -> torch.nn.Module:
     """The variant's model at `seed`, built on the CPU so a seed gives the same init on any device, then moved
     to `device` with the precision scheme's dtypes."""
     hardware.check_model_fits(variant, config, device)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model = variant.construct(config)
+    model = variant.construct(config, build_seconds_limit)
     model.to(device)
     precision.apply(model, scheme)
     return model
@@ -202,6 +216,7 @@ def run(spec: RunSpec) -> dict:
                         f"token vocabulary but the model has --vocab-size {c.vocab_size}; "
                         f"pass --vocab-size {dataset.tokenizer.vocab_size}")
     check_shard_lengths(dataset, b.seq_len)
+    guard.protect(spec.data_root or default_data_root(), dataset.directory)  # the harness reads data for a model
     preflight = preflight_checks(spec)
     accumulation = plan_accumulation(b.tokens_per_step, b.micro_batch_tokens, b.seq_len, world_size)
     val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
@@ -212,11 +227,12 @@ def run(spec: RunSpec) -> dict:
 
     loader = new_loader()  # opens (and checks) the first training shard before anything is recorded
 
-    model = build_model(spec.variant, c, spec.seed, device, scheme)
+    model = build_model(spec.variant, c, spec.seed, device, scheme, b.build_seconds_limit)
     scored = ScoredModel(model).to(device)
     param_count = sum(p.numel() for p in model.parameters())
     stored_param_count = artifact.stored_numel(hooks.exported_state(model))
     code_files = artifact.model_source_files(model, spec.variant.source_file)
+    guard.add_plugin_files(*(p for p in code_files if not p.is_relative_to(integrity.HARNESS_DIR)))
     flops_key = stable_hash({"code": [p.read_text() for p in code_files], "config": as_dict(c), "seq_len": b.seq_len,
                              "tokens_per_step": b.tokens_per_step, "precision": scheme,
                              "torch": torch.__version__, "device": device.type})
@@ -255,7 +271,7 @@ def run(spec: RunSpec) -> dict:
         "precision": scheme, "attention": {"kernel": attention_kernel, **attention_found}, "preflight": preflight,
         "overrides": spec.overrides(world_size),
         "param_count": param_count, "stored_param_count": stored_param_count,
-        "model_flops_per_token": flops_per_token,
+        "model_flops_per_token": flops_per_token, "variant_sha256": spec.variant.source_sha256,
     }
     if "entropy_bits_per_byte" in dataset.meta:
         record["dataset_entropy_bits_per_byte"] = dataset.meta["entropy_bits_per_byte"]
@@ -343,7 +359,9 @@ def run(spec: RunSpec) -> dict:
     def failed(exc: BaseException) -> RunFailed:
         """Record the run as failed with its reason, then the one-line error to raise; a record that cannot be
         written (a full disk) is said in that line, and the run's log keeps the traceback."""
-        explained = compilation.explain(exc)
+        refused = guard.refused_path(exc)
+        explained = (str(exc) if isinstance(exc, sealed.SealedFailure) else
+                     f"the model opened {refused}" if refused else compilation.explain(exc))
         record["error"] = explained or f"{type(exc).__name__}: {exc}"
         reason = record["error"].strip().splitlines()[0] if record["error"].strip() else type(exc).__name__
         try:
@@ -494,18 +512,50 @@ def run(spec: RunSpec) -> dict:
                       artifact_submission_code_bytes=size.submission_code_bytes,
                       artifact_code_files=[os.path.relpath(p, harness.REPO_ROOT) for p in size.code_files])
         if status == "running":
-            # The round trip scores a model rebuilt from the artifact alone, copied into the compiled one.
-            artifact.copy_tensors(model, artifact.restore(spec.variant.construct, c, blob))
-            t_eval = time.perf_counter()
-            record["val_loss_post_quant"], record["val_bpb_post_quant"] = validate()
-            sync()
-            record["eval_seconds_post_quant"] = time.perf_counter() - t_eval
-            log(f"int8+zlib round trip: val_loss {record['val_loss_post_quant']:.4f} | "
-                f"val_bpb {record['val_bpb_post_quant']:.4f} | artifact {size.total_bytes:,} bytes "
-                f"(model {size.model_bytes:,} + {size.code_counted} code {size.code_bytes:,}; "
-                f"cap {b.artifact_cap_bytes:,})")
-            status = ("over_cap" if size.total_bytes > b.artifact_cap_bytes else
-                      "over_eval_limit" if record["eval_seconds_post_quant"] > b.eval_seconds_limit else "ok")
+            # The score of record comes from a sealed process that rebuilds the model from the artifact alone
+            # (harness/sealed.py). The trained model, with the artifact's weights loaded, gives the probe logits
+            # that rebuild must match: a model that kept anything outside the artifact fails here.
+            restored = artifact.restore(spec.variant.construct, c, blob)
+            artifact.copy_tensors(model, restored)
+            problem = None
+            if master:
+                changed = integrity.verify()
+                if changed:
+                    raise sealed.SealedFailure(f"the plugin changed the harness in memory ({'; '.join(changed[:3])});"
+                                               f" a variant may only define its model")
+                probe = val.tokens[:min(2, val.num_sequences) * b.seq_len].long().view(-1, b.seq_len).to(device)
+                result = sealed.round_trip(
+                    spec.variant, c, blob, code_files, counted=b.code_bytes, device=device, precision=scheme,
+                    probe_tokens=probe, probe_logits=sealed.probe_logits(model, probe),
+                    validation=sealed.Validation(tuple(str(f) for f in dataset.val_files), b.seq_len,
+                                                 b.val_tokens_cap, dataset.tokenizer.tables, val_batch_tokens),
+                    timeout=max(600.0, 4 * b.eval_seconds_limit))
+                record.update(val_loss_post_quant=result["val_loss"], val_bpb_post_quant=result["val_bpb"],
+                              eval_seconds_post_quant=result["eval_seconds"], variant_sha256=result["variant_sha256"],
+                              code_sha256=result["code_sha256"], artifact_model_bytes=result["model_bytes"],
+                              artifact_code_bytes=result["code_bytes"],
+                              artifact_total_bytes=result["model_bytes"] + result["code_bytes"],
+                              artifact_model_code_bytes=result["model_code_bytes"],
+                              artifact_submission_code_bytes=result["submission_code_bytes"],
+                              sealed={k: result[k] for k in ("probe_diff", "probe_scale", "seconds", "eval_seconds")})
+                problem = sealed.probe_mismatch(result)
+                if problem:
+                    hidden = artifact.differing_unstored(model, restored)
+                    problem += f"; tensors outside it that differ: {', '.join(hidden[:3])}" if hidden else ""
+            if distributed:  # every rank follows rank 0's verdict
+                verdict = torch.tensor([float(problem is not None)], device=device)
+                dist.broadcast(verdict, src=0)
+                problem = problem or ("the sealed round trip failed on rank 0" if verdict.item() else None)
+            if problem:
+                raise sealed.SealedFailure(problem)
+            if master:
+                log(f"sealed round trip: val_loss {record['val_loss_post_quant']:.4f} | "
+                    f"val_bpb {record['val_bpb_post_quant']:.4f} | artifact {record['artifact_total_bytes']:,} bytes"
+                    f" (model {record['artifact_model_bytes']:,} + {size.code_counted} code "
+                    f"{record['artifact_code_bytes']:,}; cap {b.artifact_cap_bytes:,}) | logits match the trained "
+                    f"model's | {record['sealed']['seconds']:.1f}s")
+            status = ("over_cap" if record["artifact_total_bytes"] > b.artifact_cap_bytes else
+                      "over_eval_limit" if record["eval_seconds"] > b.eval_seconds_limit else "ok")
     except KeyboardInterrupt:
         status = "interrupted"
         log("interrupted during evaluation; writing what the run produced")

@@ -10,13 +10,12 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from harness import artifact, hooks
-from harness.metric import ScoredModel, split_output
-from harness.optim import build_optimizers
+from harness.conformance import alignment_loss, copy_pairs  # noqa: F401 (used by the tests)
+from harness.conformance import train_steps as train  # noqa: F401
+from harness.metric import split_output
 from harness.registry import get_variant, known_variant_names
-from harness.train import accumulate
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = {"vocab_size": 64, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2}
@@ -105,20 +104,6 @@ def random_tokens(config, batch: int = 4, seq_len: int = SEQ_LEN, seed: int = 0)
     return torch.randint(0, config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
 
 
-def train(model, config, batches) -> list[float]:
-    """One optimizer step per (x, y) batch, through the trainer's own accumulate(); the losses."""
-    scored = ScoredModel(model)
-    optimizers, _ = build_optimizers(model, config, fused=False)
-    losses = []
-    for x, y in batches:
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        losses.append(accumulate(scored, model, [(x, y)], 1, 1, torch.device("cpu"), None).item())
-        for opt in optimizers:
-            opt.step()
-    return losses
-
-
 def shape_problems(model, config) -> list[str]:
     x = random_tokens(config)
     model.eval()
@@ -154,33 +139,6 @@ def causality_problems(model, config, positions=CAUSAL_POSITIONS, seq_len: int =
             problems.append(f"logits at positions <= {t} change by {diff:.2e} when later tokens change")
     model.train()
     return problems
-
-
-def copy_pairs(config, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random tokens, each even position's token repeated at the next position: from position 2k the next
-    token is certain (a copy), from odd positions it is uniformly random."""
-    g = torch.Generator().manual_seed(seed)
-    seq = torch.randint(0, config.vocab_size, (batch, SEQ_LEN // 2 + 1), generator=g).repeat_interleave(2, dim=1)
-    return seq[:, :SEQ_LEN], seq[:, 1:SEQ_LEN + 1]
-
-
-def alignment_loss(model, config, steps: int = 60, stop_below: float | None = None) -> float:
-    """Mean loss (nats) on the predictable positions of held-out copy pairs after training on copy pairs: near 0
-    if logits at t predict token t+1, about ln(vocab) if they are shifted by one position. With `stop_below`,
-    training ends as soon as a check (every 10 steps) is under it, so a model that learns fast is not trained on."""
-    x, y = copy_pairs(config, 32, seed=10_000)
-
-    def held_out() -> float:
-        model.eval()
-        logits = logits_of(model, x)
-        model.train()
-        return F.cross_entropy(logits[:, 0::2].reshape(-1, config.vocab_size).float(), y[:, 0::2].reshape(-1)).item()
-
-    for start in range(0, steps, 10):
-        train(model, config, (copy_pairs(config, 16, seed) for seed in range(start, min(start + 10, steps))))
-        if stop_below is not None and held_out() < stop_below:
-            break
-    return held_out()
 
 
 def round_trip_problems(model, variant, config) -> list[str]:

@@ -45,6 +45,18 @@ def write_budget(path: Path, budget: dict | None = None, model: dict | None = No
     return path
 
 
+@pytest.fixture(autouse=True)
+def harness_left_intact():
+    """No test, and no plugin a test loads in this process, may leave the harness changed in memory: the
+    checks every other test relies on would no longer be the harness's (plugins that patch it run in a
+    subprocess)."""
+    yield
+    from harness import integrity
+
+    changed = integrity.verify()
+    assert not changed, f"the harness was changed in memory: {changed[:3]}"
+
+
 @pytest.fixture
 def tiny_budget(tmp_path) -> Path:
     return write_budget(tmp_path / "tiny.toml")

@@ -35,7 +35,7 @@ def test_logits_never_see_the_future(tiny_model):
 
 
 def test_causality_check_catches_a_leaky_variant():
-    variant, config = cf.tiny(str(cf.FIXTURES / "leaky_variant.py"))
+    variant, config = cf.tiny(str(cf.FIXTURES / "cheaters" / "next_token_leak.py"))
     assert cf.causality_problems(cf.build(variant, config), config)
 
 
@@ -47,7 +47,7 @@ def test_logits_at_t_predict_token_t_plus_1(tiny_model):
 
 
 def test_alignment_check_catches_a_variant_shifted_by_one_position():
-    variant, config = cf.tiny(str(cf.FIXTURES / "shifted_variant.py"))
+    variant, config = cf.tiny(str(cf.FIXTURES / "cheaters" / "two_ahead.py"))
     assert cf.alignment_loss(cf.build(variant, config), config) > 0.75 * math.log(config.vocab_size)
 
 

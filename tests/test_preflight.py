@@ -11,40 +11,75 @@ import pytest
 from conformance import all_configs, config_id
 from test_cli_errors import assert_one_line_error
 
-from conftest import REPO, harness_main, write_budget
+from conftest import REPO, harness_cli, harness_main, write_budget
 from harness import conformance
 from harness.budget import load_budget
+from harness.data.datasets import resolve_dataset
 from harness.registry import get_variant
 
 CHEATERS = REPO / "tests" / "fixtures" / "cheaters"
-# plugin file → the check that must catch it (and the words its finding must hold)
+# plugin file → the check that must catch it, and words its finding must hold
 CAUGHT_BY = {
     "zero_gate_leak": ("causality", "sees the future"),
+    "noncausal_mask": ("causality", "sees the future"),
+    "next_token_leak": ("causality", "sees the future"),
     "eval_only_leak": ("causality", "in eval mode"),
     "long_sequence_leak": ("causality", "at length 192"),
     "batch_coupling": ("batch independence", "must not see each other"),
     "nondeterministic_eval": ("determinism", "apart"),
+    "eval_dropout": ("determinism", "apart"),
+    "wrong_shape": ("output shape", "expected (2, 64, 64)"),
+    "unregistered_buffer": ("state outside the artifact", "mixer"),
+    "two_ahead": ("alignment", "must predict token t+1"),
+    "plain_tensor_state": ("artifact round trip", "learnt_bias"),
+    "forward_reads_weights": ("artifact round trip", "smuggled_table.txt"),
+    "reads_a_table": ("build", "smuggled_table.txt"),
+    "reads_validation": ("build", "_val_"),
+    "trains_in_build": ("build", "stepped an optimizer"),
+    "slow_build": ("build", "build_seconds_limit of 1s"),
+    "forward_reads_data": ("data access", "_val_"),  # in the alignment check's training steps
 }
+# Plugins that rewrite the harness when imported: checked in a subprocess, so this one stays intact.
+PATCH_THE_HARNESS = {"patches_the_score": "harness.metric.evaluate was replaced",
+                     "disables_causality": "harness.conformance.causality's code or defaults were changed"}
+SLOWER_CHECKS = {"alignment", "artifact round trip", "data access"}
+
+
+def test_every_cheater_in_the_folder_is_tested():
+    assert {p.stem for p in CHEATERS.glob("*.py")} == set(CAUGHT_BY) | set(PATCH_THE_HARNESS)
 
 
 @pytest.mark.parametrize("name,preset,changes", all_configs(), ids=[config_id(*c) for c in all_configs()])
-def test_every_family_passes_preflight_on_a_live_model(name, preset, changes):
+def test_every_family_passes_every_check(name, preset, changes):
     variant, _ = get_variant(name)
     budget = load_budget("smoke")
     config = variant.resolve(preset, budget.model, changes)
-    findings, summary = conformance.preflight(variant, config, budget.seq_len)
+    findings, summary = conformance.preflight(variant, config, budget.seq_len, full=True,
+                                              build_seconds_limit=budget.build_seconds_limit)
     assert not findings, [(f.check, f.problem) for f in findings]
-    assert summary["passed"] and summary["lengths"] == [192, 256]
+    assert summary["passed"] and summary["lengths"] == [192, 256] and summary["checks"] == list(conformance.FULL)
 
 
 @pytest.mark.parametrize("cheater", sorted(CAUGHT_BY))
-def test_each_cheating_plugin_is_caught_by_its_check(cheater):
+def test_each_cheating_plugin_is_caught_by_its_check(cheater, monkeypatch):
+    monkeypatch.setenv("GOLF_SLOW_BUILD_SECONDS", "4")
+    resolve_dataset("builtin", log=lambda message: None)  # reads_validation looks for the split under the data root
     variant, _ = get_variant(str(CHEATERS / f"{cheater}.py"))
     budget = load_budget("smoke")
-    findings, summary = conformance.preflight(variant, variant.resolve(None, budget.model, {}), budget.seq_len)
     check, words = CAUGHT_BY[cheater]
+    findings, summary = conformance.preflight(variant, variant.resolve(None, budget.model, {}), budget.seq_len,
+                                              full=check in SLOWER_CHECKS, build_seconds_limit=1.0)
     assert findings and not summary["passed"]
     assert any(f.check == check and words in f.problem for f in findings), [(f.check, f.problem) for f in findings]
+
+
+@pytest.mark.parametrize("cheater", sorted(PATCH_THE_HARNESS))
+def test_a_plugin_that_rewrites_the_harness_is_caught(cheater):
+    done = harness_cli("check", str(CHEATERS / f"{cheater}.py"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("FAIL  harness integrity"))
+    assert "the plugin changed the harness in memory" in line and PATCH_THE_HARNESS[cheater] in line
+    assert "FAIL  artifact round trip" in done.stdout  # the sealed process saw it too
 
 
 def test_a_zero_initialised_leak_is_invisible_at_init_which_is_why_preflight_randomises():
@@ -69,8 +104,8 @@ def test_run_refuses_a_cheater_before_recording_anything(tmp_path):
 def test_check_prints_a_line_per_check_and_names_what_failed():
     passed = harness_main("check", "baseline")
     assert passed.returncode == 0, passed.stderr
-    assert [line.split()[0] for line in passed.stdout.splitlines()[:3]] == ["ok", "ok", "ok"]
-    assert "3/3 checks passed" in passed.stdout
+    assert [line.split()[0] for line in passed.stdout.splitlines()[:-1]] == ["ok"] * len(conformance.FULL)
+    assert f"{len(conformance.FULL)}/{len(conformance.FULL)} checks passed" in passed.stdout
     failed = harness_main("check", str(CHEATERS / "batch_coupling.py"))
     assert failed.returncode == 1 and "FAIL  batch independence" in failed.stdout
     assert failed.stderr.strip() == "error: failed: batch independence"

@@ -230,7 +230,7 @@ def conclude(study, settings: Settings, number: int, record: dict | None, reason
             state = TrialState.COMPLETE
             eval_limit = record.get("budget", {}).get("eval_seconds_limit", math.inf)
             attrs["constraints"] = [float(record["artifact_total_bytes"] - record["artifact_cap_bytes"]),
-                                    float(record.get("eval_seconds_post_quant", 0.0) - eval_limit)]
+                                    float(record.get("eval_seconds", 0.0) - eval_limit)]
         else:
             values, reason = None, reason or f"objective not finite: {values}"
     elif status == "pruned":
