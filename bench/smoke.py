@@ -52,9 +52,14 @@ def main() -> None:
     print(f"  process wallclock       {med('process_seconds'):.2f} s "
           f"(record's own: {med('wallclock_seconds_total'):.2f} s)")
     print(f"  outside training        {100 * med('outside_training_fraction'):.1f}% of the record's wallclock")
-    for key in ("setup_seconds", "warmup_seconds", "val_seconds_in_training", "eval_seconds",
-                "eval_seconds_post_quant"):
+    for record in records:  # nested figures, flattened for med()
+        record["preflight_seconds"] = record.get("preflight", {}).get("seconds")
+        record["sealed_seconds"] = (record.get("sealed") or {}).get("seconds")
+    for key in ("setup_seconds", "preflight_seconds", "warmup_seconds", "val_seconds_in_training", "eval_seconds",
+                "sealed_seconds", "eval_seconds_post_quant"):
         print(f"    {key:<24} {med(key):.2f} s")
+    print(f"  preflight               {100 * med('preflight_seconds') / med('train_seconds'):.2f}% of the training "
+          f"clock")
 
 
 if __name__ == "__main__":
