@@ -5,13 +5,15 @@ tokens, sequences that see each other through the batch, evaluation that is not 
 checks run on a live model: every parameter is given a random value first, because a zero-initialised gate
 (the baseline's output projections start at zero) hides a leak at init. Causality is checked in training and
 evaluation modes, at the budget's sequence length and at a long length that crosses the chunk, pool and window
-boundaries the families use, at positions on both sides of each boundary.
+boundaries the families use, at positions on both sides of each boundary and at positions drawn afresh each
+time (a leak at positions a plugin chose cannot know which will be looked at).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -64,11 +66,17 @@ def logits_of(model, x: torch.Tensor) -> torch.Tensor:
 
 
 BOUNDARIES = (8, 64, 128)  # mps's scan chunks, agents' EMA chunks, the length a leak was once hidden behind
+RANDOM_PROBES = 16  # positions drawn afresh each time: a leak at positions a plugin chose cannot count on them
+PROBES_PER_FORWARD = 8
 
 
-def positions(seq_len: int) -> list[int]:
-    """0, both sides of each boundary the families use, the middle and the next-to-last position."""
+def positions(seq_len: int, probe_seed: int = 0) -> list[int]:
+    """0, both sides of each boundary the families use, the middle, the next-to-last position, and
+    RANDOM_PROBES positions drawn from `probe_seed`."""
     out = {0, seq_len // 2, seq_len - 2, *(p for k in BOUNDARIES for p in (k - 1, k))}
+    if seq_len > 1:
+        g = torch.Generator().manual_seed(probe_seed)
+        out.update(torch.randint(0, seq_len - 1, (RANDOM_PROBES,), generator=g).tolist())
     return sorted(p for p in out if 0 <= p < seq_len - 1)
 
 
@@ -76,19 +84,27 @@ def tokens(vocab: int, batch: int, seq_len: int, seed: int) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
 
 
-def causality(model, vocab: int, seq_len: int, mode: str) -> list[str]:
-    """Changing the tokens after t leaves the logits at 0..t unchanged, for each probed t."""
+def causality(model, vocab: int, seq_len: int, mode: str, probe_seed: int = 0,
+              per_forward: int = PROBES_PER_FORWARD) -> list[str]:
+    """Changing the tokens after t leaves the logits at 0..t unchanged, for each probed t (`per_forward` probes
+    per forward pass, one sequence each: 1 for a model whose sequences see each other through the batch)."""
     model.train(mode == "train")
     x = tokens(vocab, 1, seq_len, seed=1)
-    base = logits_of(model, x)
+    base = logits_of(model, x)[0]
     scale = max(1.0, base.abs().max().item())
-    for t in positions(seq_len):
-        y = x.clone()
-        y[:, t + 1:] = (y[:, t + 1:] + 1 + tokens(vocab, 1, seq_len - t - 1, seed=2 + t) % (vocab - 1)) % vocab
-        diff = (logits_of(model, y)[:, :t + 1] - base[:, :t + 1]).abs().max().item()
-        if not diff <= TOLERANCE * scale:  # NaN counts as a change
-            return [f"in {mode} mode at length {seq_len}, logits at positions <= {t} change by {diff:.2e} when "
-                    f"later tokens change: the model sees the future"]
+    probes = positions(seq_len, probe_seed)
+    for start in range(0, len(probes), per_forward):
+        chunk = probes[start:start + per_forward]
+        rows = x.repeat(len(chunk), 1)
+        for row, t in enumerate(chunk):
+            later = tokens(vocab, 1, seq_len - t - 1, seed=2 + t)[0]
+            rows[row, t + 1:] = (rows[row, t + 1:] + 1 + later % (vocab - 1)) % vocab
+        changed = logits_of(model, rows)
+        for row, t in enumerate(chunk):
+            diff = (changed[row, :t + 1] - base[:t + 1]).abs().max().item()
+            if not diff <= TOLERANCE * scale:  # NaN counts as a change
+                return [f"in {mode} mode at length {seq_len}, logits at positions <= {t} change by {diff:.2e} "
+                        f"when later tokens change: the model sees the future"]
     return []
 
 
@@ -174,6 +190,7 @@ def preflight(variant, config, seq_len: int, seed: int = 0, full: bool = False,
     small = small_copy(variant, config)
     vocab = small.vocab_size
     lengths = sorted({seq_len, LONG_SEQ_LEN})
+    probe_seed = int.from_bytes(os.urandom(4), "little")  # which positions are probed: new every time
     built: list = []
 
     def build() -> list[str]:
@@ -188,9 +205,11 @@ def preflight(variant, config, seq_len: int, seed: int = 0, full: bool = False,
         findings += _run("output shape", output_shape, model, vocab, min(seq_len, 64))
     if built and not findings:  # the other checks need a model with logits of the right shape
         for mode in ("train", "eval"):
+            coupled = _run("batch independence", batch_independence, model, vocab, seq_len, mode)
+            per_forward = 1 if coupled else PROBES_PER_FORWARD  # then probes must not share a batch
             for length in lengths:
-                findings += _run("causality", causality, model, vocab, length, mode)
-            findings += _run("batch independence", batch_independence, model, vocab, seq_len, mode)
+                findings += _run("causality", causality, model, vocab, length, mode, probe_seed, per_forward)
+            findings += coupled
         findings += _run("determinism", determinism, model, vocab, seq_len)
         findings += _run("state outside the artifact", state_outside_artifact, variant, small, seed)
         model.train()
@@ -204,7 +223,7 @@ def preflight(variant, config, seq_len: int, seed: int = 0, full: bool = False,
         findings.append(Finding("harness integrity", f"the plugin changed the harness in memory: "
                                                      f"{'; '.join(changed[:4])}"))
     checks = list(FULL if full else PREFLIGHT)
-    summary = {"checks": checks, "modes": ["train", "eval"], "lengths": lengths,
+    summary = {"checks": checks, "modes": ["train", "eval"], "lengths": lengths, "probe_seed": probe_seed,
                "seconds": time.perf_counter() - t0, "passed": not findings}
     return findings, summary
 

@@ -23,6 +23,7 @@ CAUGHT_BY = {
     "zero_gate_leak": ("causality", "sees the future"),
     "noncausal_mask": ("causality", "sees the future"),
     "next_token_leak": ("causality", "sees the future"),
+    "sparse_leak": ("causality", "sees the future"),
     "eval_only_leak": ("causality", "in eval mode"),
     "long_sequence_leak": ("causality", "at length 192"),
     "batch_coupling": ("batch independence", "must not see each other"),
