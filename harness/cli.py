@@ -89,6 +89,9 @@ def build_parser() -> Parser:
     run.add_argument("--no-preflight", dest="preflight", action="store_false",
                      help="skip the conformance checks before training (debugging a plugin); the run is recorded "
                           "as unverified and never ranked")
+    run.add_argument("--with", dest="with_", metavar="T1,T2",
+                     help="training-only techniques to apply, in their documented order (python -m harness list "
+                          "shows them and their flags); each is proven not to change the artifact or inference")
     run.add_argument("--quiet", action="store_true", help="print only the final line")
     run.add_argument("--note", help="free text kept in the record and shown in reports (what this run is for)")
 
@@ -279,12 +282,43 @@ def load_preset_file(path: Path, variant, name: str | None) -> tuple[str, dict]:
     return f"{data.get('study', path.stem)}/{name}", presets[name]
 
 
+def technique_flags(words: list[str], specs) -> tuple[list[str], dict[str, typing.Any]]:
+    """Split the free flags into the variant's and the techniques' (whose fields are named after them)."""
+    from harness.config import field_type
+
+    owner = {f.name: spec.config_cls for spec in specs for f in dataclasses.fields(spec.config_cls)}
+    rest: list[str] = []
+    values: dict[str, typing.Any] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        key = word[2:].partition("=")[0].replace("-", "_") if word.startswith("--") else None
+        if key not in owner:
+            rest.append(word)
+            i += 1
+            continue
+        take = [word]
+        nxt = words[i + 1] if i + 1 < len(words) else None
+        if "=" not in word and nxt is not None and not (field_type(owner[key], key) is bool and nxt.startswith("--")):
+            take.append(nxt)
+        values.update(parse_config_flags(owner[key], take))
+        i += len(take)
+    return rest, values
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness import techniques
     from harness.budget import load_budget
     from harness.train import RunSpec, run
 
     budget = load_budget(args.budget)
+    specs = techniques.parse_with(args.with_)
+    extra, flags = technique_flags(extra, specs)
     variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra, args.preset_file)
+    clash = sorted({f.name for f in dataclasses.fields(config)} & set(flags))
+    if clash:
+        raise UserError(f"--{clash[0].replace('_', '-')} is both a parameter of {variant.name} and of a technique")
+    applied = techniques.resolve(specs, flags)
     if args.run_id is not None:
         safe_name(args.run_id, "--run-id")
     check_seed(args.seed)
@@ -292,7 +326,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=args.seed, run_id=args.run_id,
                    results_dir=results_folder(args, writing=True), data_root=args.data_root, data_dir=args.data_dir,
                    tokenizer=args.tokenizer, device=args.device, compile=args.compile, precision=args.precision,
-                   max_steps=args.max_steps, preflight=args.preflight,
+                   max_steps=args.max_steps, preflight=args.preflight, techniques=applied,
                    quiet=args.quiet, note=args.note)
     # SLURM and other schedulers stop jobs with SIGTERM: record those runs as interrupted, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -336,6 +370,23 @@ def cmd_list(args: argparse.Namespace) -> int:
             text = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple | list) else v}"
                             for k, v in values.items())
             print(f"  preset {name}:{preset:<14} {text}")
+    from harness.techniques import get_technique, known_technique_names
+
+    print("\nTraining-only techniques (run --with NAME[,NAME...]; applied in this order; each proven per run to "
+          "leave the artifact and inference unchanged):")
+    for name in sorted(known_technique_names(), key=lambda n: (get_technique(n).order, n)):
+        spec = get_technique(name)
+        print(f"\n{spec.name} (order {spec.order}): {' '.join(spec.doc.split())}")
+        defaults = spec.config_cls()
+        for f in dataclasses.fields(spec.config_cls):
+            print(flag_line(f, getattr(defaults, f.name)))
+        if spec.space:
+            from harness.tune.space import describe
+
+            print(f"  search space (tune): {'; '.join(describe(spec.space))}")
+        for preset, values in spec.presets.items():
+            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+            print(f"  preset {name}:{preset:<14} {flags}")
     return 0
 
 

@@ -42,14 +42,19 @@ class ScoredModel(nn.Module):
     Training adds the variant's training-only terms; evaluation returns the summed token loss and nothing else.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, techniques: nn.Module | None = None):
         super().__init__()
         self.model = model
+        self.techniques = techniques  # harness.techniques.TechniqueStack: training only, never in evaluation
 
     def forward(self, x: Tensor, y: Tensor, train: bool = True) -> tuple[Tensor, Tensor]:
+        if train and self.techniques is not None:
+            x, y = self.techniques.inputs(x, y)
         logits, extra = split_output(self.model(x))
         ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                              reduction="mean" if train else "sum")
+        if train and self.techniques is not None:
+            extra.update(self.techniques.loss_terms(self.model, x, y, logits))
         aux = sum(extra.values(), torch.zeros((), device=ce.device)) if train else torch.zeros((), device=ce.device)
         return ce, aux
 

@@ -88,7 +88,7 @@ OPTIONAL_FIELDS = {
     "artifact_submission_code_bytes": _INT, "artifact_code_files": _LIST, "val_loss_post_quant": _NUM,
     "val_bpb_post_quant": _NUM, "eval_seconds_post_quant": _NUM, "compile": _DICT, "pruned_at": _DICT,
     "wallclock_seconds_total": _NUM, "outside_training_fraction": _NUM, "preflight": _DICT,
-    "variant_sha256": _STR, "code_sha256": _STR, "sealed": _DICT,
+    "variant_sha256": _STR, "code_sha256": _STR, "sealed": _DICT, "techniques": _LIST, "technique_proof": _DICT,
 }
 # Inside tables and lists: what reports read from them.
 NESTED_FIELDS = {

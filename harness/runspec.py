@@ -33,6 +33,7 @@ class RunSpec:
     precision: str | None = None     # None: the challenge's scheme on CUDA, fp32 on CPU (harness.precision)
     max_steps: int | None = None     # overrides the budget's step cap (tests, quick checks)
     preflight: bool = True           # the conformance checks before training (harness.conformance); off: unverified
+    techniques: list = field(default_factory=list)  # [(TechniqueSpec, config)] in application order
     quiet: bool = False
     note: str | None = None          # free text kept in the record (what this run is for)
     resume: bool = False             # continue from the run folder's checkpoint with the clock it had left
@@ -47,8 +48,18 @@ class RunSpec:
     def config_hash(self) -> str:
         budget = {k: v for k, v in self.budget.to_dict().items() if k != "source"}
         key = {"variant": self.variant.name, "config": as_dict(self.config), "budget": budget, "seed": self.seed}
+        if self.techniques:
+            key["techniques"] = self.technique_record()
         departures = {o["name"]: o["effective"] for o in self.overrides()}
         return stable_hash({**key, "overrides": departures} if departures else key)
+
+    def technique_record(self) -> list[dict]:
+        return [{"name": spec.name, "config": as_dict(config)} for spec, config in self.techniques]
+
+    def label(self) -> str:
+        """The variant's name with its techniques, safe for a folder name: baseline-with-mtp-deep_supervision."""
+        names = [spec.name for spec, _ in self.techniques]
+        return self.variant.name + ("-with-" + "-".join(names) if names else "")
 
     def overrides(self, world_size: int | None = None) -> list[dict]:
         """Every departure from the budget's contract, with the budget's value and the effective one. A run with

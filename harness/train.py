@@ -35,6 +35,7 @@ from harness import (
     integrity,
     precision,
     sealed,
+    techniques,
 )
 from harness.config import as_dict, stable_hash
 from harness.data.datasets import check_shard_lengths, default_data_root, resolve_dataset
@@ -53,6 +54,7 @@ from harness.results import (
     write_json_atomic,
 )
 from harness.runspec import RunSpec
+from harness.techniques.proof import prove as technique_proof_of
 
 
 class Log:
@@ -218,6 +220,7 @@ def run(spec: RunSpec) -> dict:
     check_shard_lengths(dataset, b.seq_len)
     guard.protect(spec.data_root or default_data_root(), dataset.directory)  # the harness reads data for a model
     preflight = preflight_checks(spec)
+    technique_proof = technique_proof_of(spec.variant, c, spec.techniques) if spec.techniques else None
     accumulation = plan_accumulation(b.tokens_per_step, b.micro_batch_tokens, b.seq_len, world_size)
     val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
     val_batch_tokens = b.tokens_per_step // (world_size * accumulation)
@@ -228,10 +231,12 @@ def run(spec: RunSpec) -> dict:
     loader = new_loader()  # opens (and checks) the first training shard before anything is recorded
 
     model = build_model(spec.variant, c, spec.seed, device, scheme, b.build_seconds_limit)
-    scored = ScoredModel(model).to(device)
+    stack = techniques.TechniqueStack(spec.techniques, model, c).to(device) if spec.techniques else None
+    scored = ScoredModel(model, stack).to(device)
     param_count = sum(p.numel() for p in model.parameters())
     stored_param_count = artifact.stored_numel(hooks.exported_state(model))
     code_files = artifact.model_source_files(model, spec.variant.source_file)
+    code_files += sorted({Path(tech.source_file) for tech, _ in spec.techniques} - set(code_files))  # training code
     guard.add_plugin_files(*(p for p in code_files if not p.is_relative_to(integrity.HARNESS_DIR)))
     flops_key = stable_hash({"code": [p.read_text() for p in code_files], "config": as_dict(c), "seq_len": b.seq_len,
                              "tokens_per_step": b.tokens_per_step, "precision": scheme,
@@ -245,10 +250,15 @@ def run(spec: RunSpec) -> dict:
     optimizers, muon = build_optimizers(
         model, c, fused=device.type == "cuda", muon_dtype=autocast_dtype or torch.float32,
         orthogonalize=compilation.compile_newton_schulz() if use_compile else zeropower_via_newtonschulz5)
+    if stack is not None and any(True for _ in stack.parameters()):  # the techniques' own heads: Adam, not exported
+        extra = torch.optim.Adam(stack.parameters(), lr=c.scalar_lr, betas=(c.beta1, c.beta2), eps=c.adam_eps,
+                                 fused=device.type == "cuda")
+        extra.param_groups[0]["base_lr"] = c.scalar_lr
+        optimizers.append(extra)
     compiled, trainer = wrap_for_training(scored, model, use_compile, fullgraph, world_size, device, local_rank)
 
     config_hash = spec.config_hash()
-    run_id = spec.run_id or new_run_id(spec.variant.name, b.name, spec.seed, config_hash)
+    run_id = spec.run_id or new_run_id(spec.label(), b.name, spec.seed, config_hash)
     if distributed:
         shared = [run_id]
         dist.broadcast_object_list(shared, src=0)
@@ -269,6 +279,7 @@ def run(spec: RunSpec) -> dict:
         "world_size": world_size, "grad_accumulation": accumulation, "compiled": use_compile,
         "warmup_steps": warmup_steps,
         "precision": scheme, "attention": {"kernel": attention_kernel, **attention_found}, "preflight": preflight,
+        "techniques": spec.technique_record(), "technique_proof": technique_proof,
         "overrides": spec.overrides(world_size),
         "param_count": param_count, "stored_param_count": stored_param_count,
         "model_flops_per_token": flops_per_token, "variant_sha256": spec.variant.source_sha256,
@@ -309,6 +320,8 @@ def run(spec: RunSpec) -> dict:
         return max(0.0, min(1.0, min(by_clock, max_steps - step) / c.warmdown_steps))
 
     def train_step(step: int, elapsed_ms: float) -> torch.Tensor:
+        if stack is not None:  # how far training is (0 → 1), for techniques that fade
+            stack.progress.fill_(min(1.0, max(elapsed_ms / cap_ms, step / max_steps)))
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         batches = (loader.next_batch(b.tokens_per_step, b.seq_len, accumulation) for _ in range(accumulation))
@@ -377,11 +390,11 @@ def run(spec: RunSpec) -> dict:
         t_warm = time.perf_counter()
         record["setup_seconds"] = t_warm - t_start
         if warmup_steps > 0:
-            initial_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            initial_model = {k: v.detach().clone() for k, v in scored.state_dict().items()}
             initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
             for i in range(warmup_steps):
                 train_step(i, 0.0)
-            model.load_state_dict(initial_model)
+            scored.load_state_dict(initial_model)
             for opt, state in zip(optimizers, initial_opts):
                 opt.load_state_dict(state)
             loader = new_loader()

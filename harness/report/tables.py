@@ -127,6 +127,9 @@ def variant_defaults(name: str | None) -> dict:
 def to_run(record: dict, path: Path | None = None) -> Run:
     budget = {k: v for k, v in (record.get("budget") or {}).items() if k != "source"}
     key = {"variant": record.get("variant"), "config": record.get("config"), "budget": budget}
+    used = [t.get("name") for t in record.get("techniques") or [] if isinstance(t, dict)]
+    if used:  # techniques are part of what was run: a row of their own
+        key["techniques"] = record.get("techniques")
     config_key = hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     hardware = hardware_name(record)
     row = {name: record.get(name) for name in RUN_SCHEMA}
@@ -138,8 +141,8 @@ def to_run(record: dict, path: Path | None = None) -> Run:
     # A run that skipped the preflight checks is shown on a row of its own and never ranked.
     unverified = bool((record.get("preflight") or {}).get("skipped"))
     row.update(run_id=path.name if path else str(record.get("run_id")),
-               label=f"{record.get('variant')}{':' + preset if preset else ''}" + (" (unverified)" if unverified
-                                                                                   else ""), hardware=hardware,
+               label=f"{record.get('variant')}{':' + preset if preset else ''}" + "".join(f"+{n}" for n in used)
+               + (" (unverified)" if unverified else ""), hardware=hardware,
                config_key=config_key + ("|unverified" if unverified else ""), group_key="\x1f".join(map(str, group)),
                params="", probe_gflops=probe_gflops(record), contended=False, unverified=unverified)
     return Run(row=row, record=record, path=path)

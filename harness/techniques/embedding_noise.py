@@ -1,0 +1,51 @@
+"""Noise in training only: Gaussian noise on the token embeddings (relative to their RMS) and, optionally, a
+fraction of input tokens replaced by random ones; targets are never changed. Evaluation sees clean inputs."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.errors import UserError
+from harness.techniques import Technique, register
+from harness.tune.space import Float
+
+
+@dataclass
+class EmbeddingNoiseConfig:
+    embedding_noise_std: float = 0.1      # noise std as a fraction of the embeddings' RMS
+    embedding_noise_replace: float = 0.0  # fraction of input tokens replaced by random ones
+
+    def check(self) -> None:
+        if not 0 <= self.embedding_noise_std <= 5:
+            raise UserError(f"--embedding-noise-std must be 0 to 5, got {self.embedding_noise_std}")
+        if not 0 <= self.embedding_noise_replace < 1:
+            raise UserError(f"--embedding-noise-replace must be in [0, 1), got {self.embedding_noise_replace}")
+
+
+class EmbeddingNoise(Technique):
+    def attach(self, model):
+        embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+        if not embeddings:
+            raise UserError("technique embedding_noise needs an nn.Embedding in the model")
+        std = self.config.embedding_noise_std
+
+        def noisy(module, args, output):
+            if not module.training or std == 0:
+                return None
+            rms = output.detach().float().pow(2).mean().sqrt().to(output.dtype)
+            return output + std * rms * torch.randn_like(output)
+
+        embeddings[0].register_forward_hook(noisy)
+
+    def inputs(self, x, y, progress):
+        p = self.config.embedding_noise_replace
+        if p == 0:
+            return x, y
+        swap = torch.rand(x.shape, device=x.device) < p
+        return torch.where(swap, torch.randint_like(x, self.model_config.vocab_size), x), y
+
+
+register("embedding_noise", config=EmbeddingNoiseConfig, cls=EmbeddingNoise, doc=__doc__.split("\n\n")[0],
+         presets={"replace10": {"embedding_noise_std": 0.0, "embedding_noise_replace": 0.1}},
+         space={"embedding_noise_std": Float(0.01, 0.5, log=True)}, order=10)

@@ -1,0 +1,146 @@
+"""Training-only techniques compose with any variant, train, and are proven per run to leave the artifact and
+inference unchanged; a technique that changes either is refused, naming the difference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli_errors import assert_one_line_error
+
+from conftest import REPO, harness_cli, harness_main, write_budget
+from harness.errors import UserError
+from harness.metric import ScoredModel
+from harness.registry import get_variant
+from harness.techniques import TechniqueStack, known_technique_names, parse_with, resolve
+from harness.techniques.proof import prove
+
+FIXTURES = REPO / "tests" / "fixtures" / "techniques"
+TINY = {"vocab_size": 64, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2, "num_layers": 3}
+BASES = ("baseline", "eigenweight", "depth_recurrence")
+
+
+def tiny_config(name: str):
+    variant, _ = get_variant(name)
+    return variant, variant.resolve(None, None, TINY)
+
+
+@pytest.mark.parametrize("technique", known_technique_names())
+@pytest.mark.parametrize("base", BASES)
+def test_each_technique_trains_with_each_base_and_is_proven_training_only(technique, base):
+    variant, config = tiny_config(base)
+    applied = resolve(parse_with(technique), {})
+    verdict = prove(variant, config, applied)
+    assert verdict["training_only"] and verdict["logits"] == "identical" and verdict["eval_flops"] > 0
+
+    torch.manual_seed(0)
+    model = variant.construct(config)
+    stack = TechniqueStack(applied, model, config)
+    scored = ScoredModel(model, stack)
+    opt = torch.optim.Adam(scored.parameters(), lr=3e-3)
+    x = torch.randint(0, 64, (4, 33), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss, aux = scored(x[:, :-1], x[:, 1:])
+        (loss + aux).backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    with torch.no_grad():  # evaluation never calls a technique: no training-only terms, whatever is attached
+        scored.eval()
+        _, aux = scored(x[:, :-1], x[:, 1:], train=False)
+    assert aux.item() == 0.0
+
+
+def test_all_techniques_compose_in_their_documented_order():
+    names = [spec.name for spec in parse_with("mtp+deep_supervision,refine_twice,embedding_noise")]
+    assert names == ["embedding_noise", "refine_twice", "mtp", "deep_supervision"]
+    variant, config = tiny_config("baseline")
+    assert prove(variant, config, resolve(parse_with(",".join(names)), {}))["training_only"]
+
+
+def test_training_only_terms_are_the_techniques_and_fade():
+    variant, config = tiny_config("baseline")
+    torch.manual_seed(0)
+    model = variant.construct(config)
+    stack = TechniqueStack(resolve(parse_with("mtp,deep_supervision"), {"mtp_heads": 2}), model, config)
+    x = torch.randint(0, 64, (2, 17))
+    stack.inputs(x[:, :-1], x[:, 1:])
+    model(x[:, :-1])
+    terms = stack.loss_terms(model, x[:, :-1], x[:, 1:], None)
+    assert set(terms) == {"mtp.t+2", "mtp.t+3", "deep_supervision.layers"}
+    stack.progress.fill_(1.0)
+    stack.inputs(x[:, :-1], x[:, 1:])
+    model(x[:, :-1])
+    assert stack.loss_terms(model, x[:, :-1], x[:, 1:], None)["deep_supervision.layers"].item() == 0.0
+
+
+@pytest.mark.parametrize("fixture,words", [
+    ("scales_eval_logits", "evaluation logits differ"),
+    ("adds_stored_head", "exported state dict differs (extra_gate)"),
+    ("eval_extra_compute", "FLOPs with it"),
+])
+def test_a_technique_that_changes_the_artifact_or_inference_is_refused(fixture, words):
+    variant, config = tiny_config("baseline")
+    with pytest.raises(UserError, match="is not training-only") as refused:
+        prove(variant, config, resolve(parse_with(str(FIXTURES / f"{fixture}.py")), {}))
+    assert words in str(refused.value)
+
+
+def test_run_records_the_techniques_their_proof_and_labels_them(tmp_path):
+    from harness.report import tables
+
+    budget = write_budget(tmp_path / "b.toml")
+    results = tmp_path / "r"
+    for extra in ([], ["--with", "mtp", "--mtp-heads", "2"]):
+        done = harness_cli("run", "--variant", "baseline", "--budget", str(budget), "--max-steps", "3", "--quiet",
+                           "--results-dir", str(results), *extra)
+        assert done.returncode == 0, done.stderr
+    records = {bool(r["techniques"]): r for r in (json.loads(p.read_text()) for p in results.glob("*/run.json"))}
+    with_mtp = records[True]
+    assert with_mtp["techniques"] == [{"name": "mtp", "config": {"mtp_heads": 2, "mtp_weight": 0.3}}]
+    assert with_mtp["technique_proof"]["training_only"] and "-with-mtp-" in with_mtp["run_id"]
+    assert with_mtp["config_hash"] != records[False]["config_hash"]
+    assert with_mtp["artifact_model_bytes"] > 0 and with_mtp["status"] == "ok"
+    assert any(f.endswith("techniques/mtp.py") for f in with_mtp["artifact_code_files"])
+    rows = [row for board in tables.build_leaderboards(tables.load_runs(results)) for row in board.rows]
+    assert sorted(row["label"] for row in rows) == ["baseline", "baseline+mtp"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--with", "nope"], ("unknown technique 'nope'", "known techniques")),
+    (["--with", "mtp,mtp"], ("given twice",)),
+    (["--mtp-heads", "2"], ("unknown parameter --mtp-heads",)),
+    (["--with", "mtp", "--mtp-heads", "0"], ("--mtp-heads must be 1 to 8",)),
+    (["--with", "mtp", "--mtp-heads", "two"], ("--mtp-heads expects an integer",)),
+    (["--with", f"mtp,{FIXTURES / 'not_with_mtp.py'}"], ("cannot be combined", "beyond t+1")),
+    (["--with", str(FIXTURES / "scales_eval_logits.py")], ("is not training-only", "evaluation logits differ")),
+])
+def test_bad_technique_input_is_one_line_and_exit_2(tmp_path, args, words):
+    budget = write_budget(tmp_path / "b.toml")
+    result = harness_main("run", "--variant", "baseline", "--budget", str(budget), "--results-dir",
+                          str(tmp_path / "r"), *args)
+    assert_one_line_error(result, *words)
+    assert not Path(tmp_path / "r").exists()
+
+
+def test_list_shows_every_technique_with_its_flags():
+    done = harness_main("list")
+    assert done.returncode == 0
+    text = done.stdout.split("Training-only techniques", 1)[1]
+    for name in known_technique_names():
+        assert f"\n{name} (order" in text
+    assert "--mtp-heads" in text and "--refine-twice-layer" in text
+
+
+def test_a_compiled_run_with_every_technique_is_one_graph(tmp_path):
+    budget = write_budget(tmp_path / "b.toml")
+    done = harness_cli("run", "--variant", "baseline", "--with", ",".join(known_technique_names()), "--budget",
+                       str(budget), "--max-steps", "2", "--compile", "--quiet", "--results-dir", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    (path,) = (tmp_path / "r").glob("*/run.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok" and record["compile"]["fullgraph"] and record["compile"]["graph_breaks"] == 0
