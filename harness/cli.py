@@ -146,6 +146,9 @@ def build_parser() -> Parser:
     sw.add_argument("--variant", help="family (name or name:preset) for a command-line grid")
     sw.add_argument("--preset", help="comma-separated presets of --variant to sweep over")
     sw.add_argument("--grid", action="append", default=[], help="NAME=V1,V2,... (repeatable; every combination)")
+    sw.add_argument("--with", dest="with_", action="append",
+                    help="a combination of training-only techniques to sweep over, as run's --with takes it "
+                         "(repeatable; --with '' is the plain variant): --with '' --with mtp --with mtp,mtp_heads")
     sw.add_argument("--seeds", type=COUNT, help="seeds 1..N for every run (overrides the file's seeds)")
     sw.add_argument("--max-steps", type=COUNT, help="cap every run's steps (recorded as an override of the budget)")
     sw.add_argument("--budget", help="budget for a command-line grid")
@@ -539,18 +542,23 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.sweep.spec import expand, load_spec_file, parse_grid
 
     if args.spec is not None:
-        if args.variant or args.grid or extra:
-            raise UserError("give either a sweep file or --variant/--grid/parameters, not both")
+        if args.variant or args.grid or extra or args.with_:
+            raise UserError("give either a sweep file or --variant/--grid/--with/parameters, not both")
         plan = load_spec_file(args.spec, args.seeds, args.name, args.max_steps)
     else:
         if not args.variant or not args.budget:
             raise UserError("a command-line sweep needs --variant and --budget (or give a sweep file)")
+        from harness import techniques
         from harness.registry import get_variant
 
         variant, preset = get_variant(args.variant)
-        fixed = parse_config_flags(variant.config_cls, extra)
+        specs = [s for w in args.with_ or [] for s in techniques.parse_with(w)]
+        extra, tech_fixed = technique_flags(extra, list({s.name: s for s in specs}.values()))
+        fixed = {**parse_config_flags(variant.config_cls, extra), **tech_fixed}
         entry = {"variant": args.variant.split(":")[0] if preset else args.variant, "grid": parse_grid(args.grid),
                  "params": fixed}
+        if args.with_:
+            entry["with"] = args.with_
         if args.preset or preset:
             entry["presets"] = (args.preset or preset).split(",")
         name = args.name or f"{variant.name}-{Path(args.budget).stem}"

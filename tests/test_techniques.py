@@ -144,3 +144,27 @@ def test_a_compiled_run_with_every_technique_is_one_graph(tmp_path):
     (path,) = (tmp_path / "r").glob("*/run.json")
     record = json.loads(path.read_text())
     assert record["status"] == "ok" and record["compile"]["fullgraph"] and record["compile"]["graph_breaks"] == 0
+
+
+def test_a_sweep_grids_over_techniques_and_their_flags(tmp_path):
+    budget = write_budget(tmp_path / "b.toml")
+    spec = tmp_path / "techniques.toml"
+    spec.write_text(f'name = "tech"\nbudget = "{budget}"\nseeds = [1]\nmax_steps = 2\n[[runs]]\nvariant = "baseline"\n'
+                    f'with = ["", "mtp", "mtp+deep_supervision"]\ngrid = {{ mtp_heads = [1, 2] }}\n')
+    done = harness_cli("sweep", str(spec), "--wait", "--results-dir", str(tmp_path / "r"), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*/run.json")]
+    # the plain variant once (mtp_heads means nothing to it), each technique combination at each grid point
+    assert sorted(("+".join(t["name"] for t in r["techniques"]), r["techniques"][0]["config"]["mtp_heads"]
+                   if r["techniques"] else 0) for r in records) == [
+        ("", 0), ("mtp", 1), ("mtp", 2), ("mtp+deep_supervision", 1), ("mtp+deep_supervision", 2)]
+    assert all(r["status"] == "ok" and (r["technique_proof"] or {}).get("training_only", not r["techniques"])
+               for r in records)
+
+
+def test_a_sweep_refuses_an_inference_changing_technique_before_submitting(tmp_path):
+    budget = write_budget(tmp_path / "b.toml")
+    result = harness_main("sweep", "--variant", "baseline", "--budget", str(budget), "--with", "",
+                          "--with", str(FIXTURES / "scales_eval_logits.py"), "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(result, "is not training-only")
+    assert not (tmp_path / "r").exists()

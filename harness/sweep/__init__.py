@@ -183,6 +183,7 @@ def submit(sweep: Sweep, results_dir: Path, executor: str, parallel: int = 1,
             mark = "run " if r in todo else states[r.run_id]["state"]
             params = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.params.items())
             cap = f" --max-steps {r.max_steps}" if r.max_steps else ""
+            cap += f" --with {r.with_}" if r.with_ else ""
             echo(f"  {mark:<8} {r.run_id}  {r.variant}{':' + r.preset if r.preset else ''} --budget {r.budget} "
                  f"--seed {r.seed}{cap} {params}".rstrip())
         return state

@@ -76,7 +76,9 @@ def set_aside(run_dir: Path) -> None:
 
 def execute(state_file: str | Path, run_id: str) -> str:
     """Run (or resume, or skip) one planned run; returns its final status."""
-    from harness import train
+    import dataclasses
+
+    from harness import techniques, train
     from harness.budget import load_budget
     from harness.config import parse_value
     from harness.registry import get_variant
@@ -97,11 +99,16 @@ def execute(state_file: str | Path, run_id: str) -> str:
         set_aside(run_dir)
     budget = load_budget(plan["budget"])
     variant, _ = get_variant(plan["variant"])
-    flags = {k: parse_value(variant.config_cls, k, as_flag_text(v)) for k, v in plan["params"].items()}
+    specs = techniques.parse_with(plan.get("with_", ""))
+    mine = {f.name: spec.config_cls for spec in specs for f in dataclasses.fields(spec.config_cls)}
+    flags = {k: parse_value(variant.config_cls, k, as_flag_text(v)) for k, v in plan["params"].items()
+             if k not in mine}
+    applied = techniques.resolve(specs, {k: parse_value(mine[k], k, as_flag_text(v))
+                                         for k, v in plan["params"].items() if k in mine})
     config = variant.resolve(plan["preset"], budget.model, flags, budget.name)
     spec = train.RunSpec(variant=variant, config=config, budget=budget, preset=plan["preset"], seed=plan["seed"],
                          run_id=run_id, results_dir=results_dir, quiet=True, resume=resume,
-                         max_steps=plan.get("max_steps"),
+                         max_steps=plan.get("max_steps"), techniques=applied,
                          sweep={"name": state["name"], "params": plan["swept"]},
                          command=[sys.executable, "-m", "harness.sweep.job", str(state_file), run_id])
     warned = []

@@ -8,6 +8,8 @@
     presets = ["r64", "r128"]                   # optional; default: the family's defaults
     grid = { matrix_lr = [0.02, 0.04] }         # optional; every combination
     params = { warmdown_steps = 100 }           # optional; the same for every run of this entry
+    with = ["", "mtp", "mtp+deep_supervision"]  # optional; training-only techniques, each list item a run set
+                                                # (their flags go in grid/params beside the variant's)
     max_steps = 50                              # optional (top level or entry): cap the steps, an override of
                                                 # the budget recorded in every run, which then ranks apart
 
@@ -28,7 +30,7 @@ from harness.checks import check_seed, safe_name, to_safe_name
 from harness.config import read_toml
 from harness.errors import UserError
 
-ENTRY_KEYS = {"variant", "preset", "presets", "grid", "params", "seeds", "budget", "max_steps"}
+ENTRY_KEYS = {"variant", "preset", "presets", "grid", "params", "seeds", "budget", "max_steps", "with"}
 TOP_KEYS = {"name", "budget", "seeds", "runs", "description", "max_steps"}
 
 
@@ -42,6 +44,7 @@ class PlannedRun:
     seed: int
     budget: str                     # budget name or path, as the spec gave it
     max_steps: int | None = None    # a step cap below the budget's (an override, recorded in the run)
+    with_: str = ""                 # training-only techniques, as --with takes them ("" none)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,6 +90,7 @@ def max_steps_of(value: Any, where: str) -> int | None:
 def expand(name: str, entries: list[dict], default_budget: str | None, default_seeds: list[int],
            source: str, default_max_steps: int | None = None) -> Sweep:
     """Entries → PlannedRuns, each resolved and validated like `run` would; duplicates collapse to one."""
+    from harness import techniques
     from harness.budget import load_budget
     from harness.config import parse_value
     from harness.registry import get_variant
@@ -122,34 +126,47 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
         budget = budgets.setdefault(budget_name, load_budget(budget_name))
         seeds = seeds_of(entry["seeds"], where) if "seeds" in entry else default_seeds
         max_steps = max_steps_of(entry.get("max_steps", default_max_steps), where)
+        withs = entry.get("with", [""])
+        withs = [withs] if isinstance(withs, str) else withs
+        if not isinstance(withs, list) or not withs or not all(isinstance(w, str) for w in withs):
+            raise UserError(f"{where}: with must be a list of technique combinations such as [\"\", \"mtp\"]")
+        combos = {w: techniques.parse_with(w) for w in withs}
+        owned = {f.name for specs in combos.values() for spec in specs for f in dataclasses.fields(spec.config_cls)}
         fields = {f.name for f in dataclasses.fields(variant.config_cls)}
         for key in [*grid, *fixed]:
-            if key not in fields:
+            if key not in fields | owned:
                 raise UserError(f"{where}: {variant.name} has no parameter {key!r} "
-                                f"(python -m harness list shows its parameters)")
+                                f"(python -m harness list shows its parameters and the techniques')")
         names = list(grid)
-        for preset in presets:
+        for preset, with_text in itertools.product(presets, withs):
+            specs = combos[with_text]
+            mine = {f.name: spec.config_cls for spec in specs for f in dataclasses.fields(spec.config_cls)}
             for point in itertools.product(*(grid[k] for k in names)):
                 raw = {**fixed, **dict(zip(names, point))}
-                flags = {k: parse_value(variant.config_cls, k, as_flag_text(v)) for k, v in raw.items()}
+                flags = {k: parse_value(variant.config_cls, k, as_flag_text(v)) for k, v in raw.items() if k in fields}
+                tech_flags = {k: parse_value(mine[k], k, as_flag_text(v)) for k, v in raw.items() if k in mine}
                 config = variant.resolve(preset, budget.model, flags, budget.name)
-                preflight_once(variant, config, budget, checked)
-                swept = {**({"preset": preset} if len(presets) > 1 else {}), **{k: flags[k] for k in names}}
+                applied = techniques.resolve(specs, tech_flags)
+                preflight_once(variant, config, budget, checked, applied)
+                swept = {**({"preset": preset} if len(presets) > 1 else {}),
+                         **({"with": with_text} if len(withs) > 1 else {}),
+                         **{k: {**flags, **tech_flags}[k] for k in names if k in flags or k in tech_flags}}
                 for seed in seeds:
                     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed,
-                                   max_steps=max_steps)
-                    label = f"{variant.name}{'-' + preset if preset else ''}"
+                                   max_steps=max_steps, techniques=applied)
+                    label = f"{spec.label()}{'-' + preset if preset else ''}"
                     run_id = to_safe_name(f"{label}-{budget.name}-s{seed}-{spec.config_hash()[:10]}")
                     if run_id in seen:
                         continue
                     seen.add(run_id)
                     sweep.runs.append(PlannedRun(run_id=run_id, variant=variant_ref(variant), preset=preset,
-                                                 params=flags, swept=swept, seed=seed, budget=budget_name,
-                                                 max_steps=max_steps))
+                                                 params={**flags, **tech_flags}, swept=swept, seed=seed,
+                                                 budget=budget_name, max_steps=max_steps,
+                                                 with_=",".join(s.name for s in specs)))
     return sweep
 
 
-def preflight_once(variant, config, budget, checked: set[str]) -> None:
+def preflight_once(variant, config, budget, checked: set[str], applied=()) -> None:
     """The conformance checks each distinct model of the sweep must pass, before anything is submitted: a plugin
     that fails them refuses the whole sweep, naming the check, instead of failing run after run."""
     from harness.config import as_dict, stable_hash
@@ -159,6 +176,13 @@ def preflight_once(variant, config, budget, checked: set[str]) -> None:
     if key not in checked:
         preflight_checks(RunSpec(variant=variant, config=config, budget=budget))
         checked.add(key)
+    if applied:  # the techniques' proof, once per configuration and combination, before anything is submitted
+        proof_key = stable_hash({"config": key, "techniques": [[s.name, as_dict(c)] for s, c in applied]})
+        if proof_key not in checked:
+            from harness.techniques.proof import prove
+
+            prove(variant, config, list(applied))
+            checked.add(proof_key)
 
 
 def variant_ref(variant) -> str:
