@@ -51,8 +51,13 @@ class ScoredModel(nn.Module):
         if train and self.techniques is not None:
             x, y = self.techniques.inputs(x, y)
         logits, extra = split_output(self.model(x))
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                             reduction="mean" if train else "sum")
+        weights = self.techniques.token_weights(logits, y) if train and self.techniques is not None else None
+        if weights is None:
+            ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                 reduction="mean" if train else "sum")
+        else:  # a technique reweights the training loss per token (never the score: train is False there)
+            ce = (weights.reshape(-1) * F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                                        reduction="none")).mean()
         if train and self.techniques is not None:
             extra.update(self.techniques.loss_terms(self.model, x, y, logits))
         aux = sum(extra.values(), torch.zeros((), device=ce.device)) if train else torch.zeros((), device=ce.device)

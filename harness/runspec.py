@@ -54,7 +54,8 @@ class RunSpec:
         return stable_hash({**key, "overrides": departures} if departures else key)
 
     def technique_record(self) -> list[dict]:
-        return [{"name": spec.name, "config": as_dict(config)} for spec, config in self.techniques]
+        return [{"name": spec.name, **({"preset": spec.preset} if spec.preset else {}), "config": as_dict(config)}
+                for spec, config in self.techniques]
 
     def label(self) -> str:
         """The variant's name with its techniques, safe for a folder name: baseline-with-mtp-deep_supervision."""

@@ -55,6 +55,26 @@ def test_each_technique_trains_with_each_base_and_is_proven_training_only(techni
     assert aux.item() == 0.0
 
 
+def test_a_technique_preset_sets_its_flags_and_flags_still_win():
+    (spec, config), = resolve(parse_with("mtp:k4"), {})
+    assert spec.preset == "k4" and config.mtp_heads == 3
+    (_, config), = resolve(parse_with("mtp:k4"), {"mtp_heads": 2})
+    assert config.mtp_heads == 2
+
+
+def test_focal_reweights_only_the_training_loss():
+    variant, config = tiny_config("baseline")
+    torch.manual_seed(0)
+    model = variant.construct(config)
+    x = torch.randint(0, 64, (2, 17))
+    plain = ScoredModel(model)
+    focal = ScoredModel(model, TechniqueStack(resolve(parse_with("focal"), {"focal_gamma": 2.0}), model, config))
+    assert focal(x[:, :-1], x[:, 1:])[0].item() != pytest.approx(plain(x[:, :-1], x[:, 1:])[0].item())
+    model.eval()
+    with torch.no_grad():
+        assert focal(x[:, :-1], x[:, 1:], train=False)[0].item() == plain(x[:, :-1], x[:, 1:], train=False)[0].item()
+
+
 def test_all_techniques_compose_in_their_documented_order():
     names = [spec.name for spec in parse_with("mtp+deep_supervision,refine_twice,embedding_noise")]
     assert names == ["embedding_noise", "refine_twice", "mtp", "deep_supervision"]
@@ -113,6 +133,7 @@ def test_run_records_the_techniques_their_proof_and_labels_them(tmp_path):
 @pytest.mark.parametrize("args,words", [
     (["--with", "nope"], ("unknown technique 'nope'", "known techniques")),
     (["--with", "mtp,mtp"], ("given twice",)),
+    (["--with", "mtp:k9"], ("technique 'mtp' has no preset 'k9'", "k2, k4")),
     (["--mtp-heads", "2"], ("unknown parameter --mtp-heads",)),
     (["--with", "mtp", "--mtp-heads", "0"], ("--mtp-heads must be 1 to 8",)),
     (["--with", "mtp", "--mtp-heads", "two"], ("--mtp-heads expects an integer",)),

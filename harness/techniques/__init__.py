@@ -51,6 +51,10 @@ class Technique:
                    progress: Tensor) -> dict[str, Tensor]:
         return {}
 
+    def token_weights(self, logits: Tensor, y: Tensor, progress: Tensor) -> Tensor | None:
+        """Per-token weights of the training cross-entropy (None: all 1); never applied to the score."""
+        return None
+
 
 @dataclass(frozen=True)
 class TechniqueSpec:
@@ -64,6 +68,7 @@ class TechniqueSpec:
     incompatible: dict[str, str] = field(default_factory=dict)  # other technique → why not together
     training_only: bool = True
     source_file: Path | None = None
+    preset: str | None = None  # chosen in --with as name:preset
 
 
 _REGISTRY: dict[str, TechniqueSpec] = {}
@@ -120,7 +125,14 @@ def parse_with(text: str | None) -> list[TechniqueSpec]:
     if not text:
         return []
     names = [n.strip() for n in text.replace("+", ",").split(",") if n.strip()]
-    specs = [get_technique(n) for n in names]
+    specs = []
+    for name in names:
+        base, _, preset = name.partition(":") if not name.endswith(".py") else (name, "", "")
+        spec = get_technique(base)
+        if preset and preset not in spec.presets:
+            raise UserError(f"technique {spec.name!r} has no preset {preset!r}; presets: "
+                            f"{', '.join(spec.presets) or 'none'}")
+        specs.append(dataclasses.replace(spec, preset=preset or None))
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
@@ -166,6 +178,14 @@ class TechniqueStack(nn.Module):
             x, y = t.inputs(x, y, self.progress)
         return x, y
 
+    def token_weights(self, logits: Tensor, y: Tensor) -> Tensor | None:
+        weights = None
+        for t in self.techniques:
+            w = t.token_weights(logits, y, self.progress)
+            if w is not None:
+                weights = w if weights is None else weights * w
+        return weights
+
     def loss_terms(self, model: nn.Module, x: Tensor, y: Tensor, logits: Tensor) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
         hidden, self._hidden = self._hidden, []
@@ -184,6 +204,8 @@ def resolve(specs: list[TechniqueSpec], flags: dict[str, Any]) -> list[tuple[Tec
         names = {f.name for f in dataclasses.fields(spec.config_cls)}
         config = spec.config_cls()
         validate(config)
+        if spec.preset:
+            config = replace(config, spec.presets[spec.preset], f"preset {spec.name}:{spec.preset}")
         mine = {k: v for k, v in flags.items() if k in names}
         if mine:
             config = replace(config, mine, f"technique {spec.name}")
