@@ -37,6 +37,10 @@ class ActivationL1(Technique):
         for mlp in mlps:
             mlp.proj.register_forward_pre_hook(record)
 
+    def inputs(self, x, y, progress):
+        self.seen = []  # only this step's forward counts (a forward outside the scorer leaves nothing behind)
+        return x, y
+
     def loss_terms(self, model, x, y, logits, hidden, progress):
         seen, self.seen = self.seen, []
         if not seen:
