@@ -105,6 +105,8 @@ def build_parser() -> Parser:
     show.add_argument("--budget", help="apply this budget's [model] sizes and artifact cap (default: none, cap 16MB)")
     show.add_argument("--seed", type=int, default=1337, help="training seed the model is initialised with, as run's")
     show.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    show.add_argument("--with", dest="with_", metavar="T1,T2",
+                      help="training-only techniques: shown with their parameters and proven at this config")
 
     chk = sub.add_parser("check", help="every conformance check on a variant or plugin file, a line each",
                          description="Any other --name value pair sets a parameter of the variant's config, as for "
@@ -113,6 +115,8 @@ def build_parser() -> Parser:
     chk.add_argument("--preset", help="a named configuration of the variant")
     chk.add_argument("--budget", help="check at this budget's seq_len and [model] options (default: smoke)",
                      default="smoke")
+    chk.add_argument("--with", dest="with_", metavar="T1,T2",
+                     help="training-only techniques: their proof is checked too")
 
     data = sub.add_parser("data", help="fetch or build datasets")
     data.add_argument("dataset", choices=("fineweb", "builtin", "synthetic"))
@@ -172,6 +176,11 @@ def build_parser() -> Parser:
     tu.add_argument("--search", action="append", default=[], metavar="NAME=SPEC",
                     help="add or narrow a dimension: NAME=LOW..HIGH, NAME=LOW..HIGH:log, NAME=A,B,C (repeatable)")
     tu.add_argument("--only", help="comma-separated dimensions to keep (the rest of the space keeps defaults)")
+    tu.add_argument("--with", dest="with_", metavar="T1,T2",
+                    help="training-only techniques every trial uses; their search spaces join the study's")
+    tu.add_argument("--search-with", metavar="T1,T2",
+                    help="training-only techniques each trial turns on or off (a with_NAME dimension each; their "
+                         "parameters searched while on)")
     tu.add_argument("--pruner", choices=("median", "hyperband", "none"),
                     help="median (default for one objective), hyperband, none")
     tu.add_argument("--report-at", default="0.25,0.5,0.75",
@@ -309,19 +318,26 @@ def technique_flags(words: list[str], specs) -> tuple[list[str], dict[str, typin
     return rest, values
 
 
-def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+def resolve_with_techniques(args: argparse.Namespace, budget, extra: list[str], preset_file: Path | None = None):
+    """(variant, preset, config, applied techniques) from --variant, --preset, --with and the free flags, each
+    flag going to the variant or to the technique whose field it names."""
     from harness import techniques
+
+    specs = techniques.parse_with(args.with_)
+    extra, flags = technique_flags(extra, specs)
+    variant, preset, variant_flags, config = resolve_variant(args.variant, args.preset, budget, extra, preset_file)
+    clash = sorted({f.name for f in dataclasses.fields(config)} & set(flags))
+    if clash:
+        raise UserError(f"--{clash[0].replace('_', '-')} is both a parameter of {variant.name} and of a technique")
+    return variant, preset, config, techniques.resolve(specs, flags), variant_flags
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.budget import load_budget
     from harness.train import RunSpec, run
 
     budget = load_budget(args.budget)
-    specs = techniques.parse_with(args.with_)
-    extra, flags = technique_flags(extra, specs)
-    variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra, args.preset_file)
-    clash = sorted({f.name for f in dataclasses.fields(config)} & set(flags))
-    if clash:
-        raise UserError(f"--{clash[0].replace('_', '-')} is both a parameter of {variant.name} and of a technique")
-    applied = techniques.resolve(specs, flags)
+    variant, preset, config, applied, _ = resolve_with_techniques(args, budget, extra, args.preset_file)
     if args.run_id is not None:
         safe_name(args.run_id, "--run-id")
     check_seed(args.seed)
@@ -404,13 +420,14 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.train import build_model
 
     budget = load_budget(args.budget) if args.budget else None
-    variant, preset, flags, config = resolve_variant(args.variant, args.preset, budget, extra)
+    variant, preset, config, applied, flags = resolve_with_techniques(args, budget, extra)
     check_seed(args.seed)
     model = build_model(variant, config, args.seed, torch.device("cpu"), "fp32")
     state = hooks.exported_state(model)
     persistent = set(model.state_dict())
-    size = artifact.measure(artifact.compress(state), artifact.model_source_files(model, variant.source_file),
-                            budget.code_bytes if budget else "submission")
+    code_files = artifact.model_source_files(model, variant.source_file)
+    code_files += sorted({Path(spec.source_file) for spec, _ in applied} - set(code_files))  # as a run counts them
+    size = artifact.measure(artifact.compress(state), code_files, budget.code_bytes if budget else "submission")
     cap = budget.artifact_cap_bytes if budget else 16_000_000
     preset_values = variant.presets.get(preset, {}) if preset else {}
     sources = {k: ("flag" if k in flags else "preset" if k in preset_values else
@@ -425,6 +442,16 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
             "artifact_code_counted": size.code_counted, "artifact_model_code_bytes": size.model_code_bytes,
             "artifact_submission_code_bytes": size.submission_code_bytes,
             "artifact_total_bytes_at_init": size.total_bytes, "artifact_cap_bytes": cap}
+    if applied:  # what the techniques add in training, and their proof at this config
+        from harness.techniques import TechniqueStack
+        from harness.techniques.proof import proof_tables, prove
+
+        stack = TechniqueStack(applied, build_model(variant, config, args.seed, torch.device("cpu"), "fp32"), config,
+                               {"tables": proof_tables(config.vocab_size)})
+        info["techniques"] = [{"name": s.name, **({"preset": s.preset} if s.preset else {}), "config": as_dict(c)}
+                              for s, c in applied]
+        info["technique_parameters"] = sum(p.numel() for p in stack.trainable())
+        info["technique_proof"] = prove(variant, config, applied)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -440,6 +467,14 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
           f"code {size.code_bytes:,}; cap {cap:,} ({fits}; trained weights usually compress less well)")
     print(f"code bytes            model files {size.model_code_bytes:,}; with the harness's trainer (as a "
           f"submission counts its script) {size.submission_code_bytes:,}")
+    for t in info.get("techniques", []):
+        print(f"technique {t['name']:<20} " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items()))
+    if applied:
+        proof = info["technique_proof"]
+        print(f"training only         {info['technique_parameters']:>13,}   (parameters the techniques train, never "
+              f"stored)")
+        print(f"proof                 training-only: {proof['state']}, eval FLOPs {proof['eval_flops']:,} at seq_len "
+              f"{proof['seq_len']} as without them, logits {proof['logits']} ({proof['seconds']:.1f}s)")
     return 0
 
 
@@ -448,9 +483,17 @@ def cmd_check(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.budget import load_budget
 
     budget = load_budget(args.budget)
-    variant, preset, _, config = resolve_variant(args.variant, args.preset, budget, extra)
+    variant, preset, config, applied, _ = resolve_with_techniques(args, budget, extra)
     findings, summary = conformance.preflight(variant, config, budget.seq_len, full=True,
                                               build_seconds_limit=budget.build_seconds_limit)
+    if applied:  # the techniques' proof is one more check: refused, it is a finding like the others
+        from harness.techniques.proof import prove
+
+        summary["checks"].append("techniques training-only")
+        try:
+            prove(variant, config, applied)
+        except UserError as exc:
+            findings.append(conformance.Finding("techniques training-only", str(exc)))
     first = {f.check: f.problem for f in reversed(findings)}
     failed = {check: first[check] for check in summary["checks"] if check in first}
     for check in summary["checks"]:
@@ -582,12 +625,17 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness import techniques
     from harness.budget import load_budget
     from harness.tune import launch
     from harness.tune import study as st
 
     budget = load_budget(args.budget)
+    specs = [*sum(launch.technique_choice(args), [])]
+    extra, technique_values = technique_flags(extra, specs)
+    techniques.resolve(specs, technique_values)  # fixed technique flags are checked before anything is saved
     variant, preset, fixed, _ = resolve_variant(args.variant, args.preset, budget, extra)
+    fixed = {**fixed, **technique_values}
     check_seed(args.seed)
     results_dir = results_folder(args, writing=True)
     settings = launch.plan_study(args, fixed, variant, preset, budget, results_dir)

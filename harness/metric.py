@@ -55,9 +55,11 @@ class ScoredModel(nn.Module):
         if weights is None:
             ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                                  reduction="mean" if train else "sum")
-        else:  # a technique reweights the training loss per token (never the score: train is False there)
-            ce = (weights.reshape(-1) * F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                                        reduction="none")).mean()
+        else:  # a technique reweights the training loss per token (never the score: train is False there); the
+            # plain cross-entropy stays the reported training loss, the reweighting's difference is a term
+            per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+            ce = per_token.mean()
+            extra["reweighted"] = (weights.reshape(-1) * per_token).mean() - ce
         if train and self.techniques is not None:
             extra.update(self.techniques.loss_terms(self.model, x, y, logits))
         aux = sum(extra.values(), torch.zeros((), device=ce.device)) if train else torch.zeros((), device=ce.device)

@@ -60,7 +60,11 @@ class RunSpec:
     def label(self) -> str:
         """The variant's name with its techniques, safe for a folder name: baseline-with-mtp-deep_supervision."""
         names = [spec.name for spec, _ in self.techniques]
-        return self.variant.name + ("-with-" + "-".join(names) if names else "")
+        if not names:
+            return self.variant.name
+        shown = names[:3] if len(names) > 4 else names  # a folder name stays short; the record lists them all
+        more = f"-and-{len(names) - len(shown)}-more" if len(shown) < len(names) else ""
+        return f"{self.variant.name}-with-{'-'.join(shown)}{more}"
 
     def overrides(self, world_size: int | None = None) -> list[dict]:
         """Every departure from the budget's contract, with the budget's value and the effective one. A run with

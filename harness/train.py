@@ -220,7 +220,8 @@ def run(spec: RunSpec) -> dict:
     check_shard_lengths(dataset, b.seq_len)
     guard.protect(spec.data_root or default_data_root(), dataset.directory)  # the harness reads data for a model
     preflight = preflight_checks(spec)
-    technique_proof = technique_proof_of(spec.variant, c, spec.techniques) if spec.techniques else None
+    technique_proof = (technique_proof_of(spec.variant, c, spec.techniques, {"tables": dataset.tokenizer.tables})
+                       if spec.techniques else None)
     accumulation = plan_accumulation(b.tokens_per_step, b.micro_batch_tokens, b.seq_len, world_size)
     val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
     val_batch_tokens = b.tokens_per_step // (world_size * accumulation)
@@ -231,7 +232,8 @@ def run(spec: RunSpec) -> dict:
     loader = new_loader()  # opens (and checks) the first training shard before anything is recorded
 
     model = build_model(spec.variant, c, spec.seed, device, scheme, b.build_seconds_limit)
-    stack = techniques.TechniqueStack(spec.techniques, model, c).to(device) if spec.techniques else None
+    context = {"tables": dataset.tokenizer.tables}
+    stack = techniques.TechniqueStack(spec.techniques, model, c, context).to(device) if spec.techniques else None
     scored = ScoredModel(model, stack).to(device)
     param_count = sum(p.numel() for p in model.parameters())
     stored_param_count = artifact.stored_numel(hooks.exported_state(model))
@@ -250,8 +252,8 @@ def run(spec: RunSpec) -> dict:
     optimizers, muon = build_optimizers(
         model, c, fused=device.type == "cuda", muon_dtype=autocast_dtype or torch.float32,
         orthogonalize=compilation.compile_newton_schulz() if use_compile else zeropower_via_newtonschulz5)
-    if stack is not None and any(True for _ in stack.parameters()):  # the techniques' own heads: Adam, not exported
-        extra = torch.optim.Adam(stack.parameters(), lr=c.scalar_lr, betas=(c.beta1, c.beta2), eps=c.adam_eps,
+    if stack is not None and stack.trainable():  # the techniques' own heads: Adam, not exported
+        extra = torch.optim.Adam(stack.trainable(), lr=c.scalar_lr, betas=(c.beta1, c.beta2), eps=c.adam_eps,
                                  fused=device.type == "cuda")
         extra.param_groups[0]["base_lr"] = c.scalar_lr
         optimizers.append(extra)
@@ -320,16 +322,21 @@ def run(spec: RunSpec) -> dict:
         return max(0.0, min(1.0, min(by_clock, max_steps - step) / c.warmdown_steps))
 
     def train_step(step: int, elapsed_ms: float) -> torch.Tensor:
-        if stack is not None:  # how far training is (0 → 1), for techniques that fade
-            stack.progress.fill_(min(1.0, max(elapsed_ms / cap_ms, step / max_steps)))
+        progress = min(1.0, max(elapsed_ms / cap_ms, step / max_steps))  # how far training is, 0 → 1
+        if stack is not None:
+            stack.start_step(model, step, progress)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         batches = (loader.next_batch(b.tokens_per_step, b.seq_len, accumulation) for _ in range(accumulation))
         train_loss = accumulate(trainer, model, batches, accumulation, world_size, device, autocast_dtype)
+        if stack is not None:
+            stack.after_backward(model)
         frac = min(step / c.muon_momentum_warmup_steps, 1.0) if c.muon_momentum_warmup_steps > 0 else 1.0
         for group in muon.param_groups:
             group["momentum"] = (1 - frac) * c.muon_momentum_warmup_start + frac * c.muon_momentum
         scale = lr_scale(step, elapsed_ms)
+        if stack is not None:
+            scale = stack.lr_scale(scale, step, progress)
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * scale
@@ -337,6 +344,8 @@ def run(spec: RunSpec) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip_norm)
         for opt in optimizers:
             opt.step()
+        if stack is not None:
+            stack.after_step(model, step)
         return train_loss
 
     def validate() -> tuple[float, float]:
@@ -402,7 +411,7 @@ def run(spec: RunSpec) -> dict:
         record["warmup_seconds"] = time.perf_counter() - t_warm
         log(f"warm-up: {warmup_steps} steps in {record['warmup_seconds']:.1f}s (not charged; state restored)")
         if spec.resume:
-            progress = checkpoint.load(run_dir / CHECKPOINT_FILE, model, optimizers, loader)
+            progress = checkpoint.load(run_dir / CHECKPOINT_FILE, scored, optimizers, loader)  # with techniques
             step, training_ms, curve = progress["step"], progress["training_ms"], progress["curve"]
             val_seconds_in_training = progress["val_seconds_in_training"]
             record["resumed"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": step,
@@ -439,7 +448,7 @@ def run(spec: RunSpec) -> dict:
             done = reached_cap > 0 or step >= max_steps
             if stop_requested > 0 and not done:
                 if master:
-                    checkpoint.save(run_dir / CHECKPOINT_FILE, model, optimizers, loader, {
+                    checkpoint.save(run_dir / CHECKPOINT_FILE, scored, optimizers, loader, {
                         "step": step, "training_ms": elapsed_ms, "curve": curve,
                         "val_seconds_in_training": val_seconds_in_training})
                 status = "interrupted"
@@ -505,6 +514,8 @@ def run(spec: RunSpec) -> dict:
 
     try:
         # ------------------------------------------------------------------ FINAL EVAL
+        if stack is not None:  # the weights the run exports (e.g. an average), before they are scored
+            stack.finish(model)
         if status == "running":
             t_eval = time.perf_counter()
             record["val_loss"], record["val_bpb"] = validate()

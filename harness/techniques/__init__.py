@@ -7,7 +7,9 @@ space, and a class deriving from `Technique`. While training, a technique may
   - add modules of its own (`modules()`): trained beside the model by Adam, never exported;
   - transform the training batch (`inputs`), e.g. noise on the tokens;
   - watch the model's blocks (`needs_hidden`) and add loss terms from their outputs (`loss_terms`);
-  - change what a block computes in training only (`attach`, with forward hooks that check `module.training`).
+  - change what a block computes in training only (`attach`, with forward hooks that check `module.training`);
+  - act around each optimizer step (`begin_step`, `after_backward`, `after_step`), scale its learning rate
+    (`lr_scale`), and set the weights the run exports when training ends (`finish`: weight averaging).
 It never sees an evaluation: the scorer calls no technique in eval mode. Several compose, applied in the order
 of their `order` (then name); a pair a technique declares incompatible is refused with its reason.
 """
@@ -33,6 +35,7 @@ class Technique:
     """One technique applied to one model. Subclasses override what they use."""
 
     needs_hidden = False  # whether loss_terms reads the blocks' outputs
+    context: dict = {}    # set by the stack: {"tables": the tokenizer's ByteTables} where the run has them
 
     def __init__(self, config, model: nn.Module, model_config):
         self.config, self.model_config = config, model_config
@@ -54,6 +57,27 @@ class Technique:
     def token_weights(self, logits: Tensor, y: Tensor, progress: Tensor) -> Tensor | None:
         """Per-token weights of the training cross-entropy (None: all 1); never applied to the score."""
         return None
+
+    def begin_step(self, model: nn.Module, step: int, progress: float) -> None:
+        """Before the step's forward passes (outside any compiled graph: python state set here is read by the
+        graph as a constant, so change it rarely, or each change recompiles)."""
+
+    def after_backward(self, model: nn.Module) -> None:
+        """After the step's backward passes, before gradient clipping and the optimizer step."""
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """After the optimizer step."""
+
+    def finish(self, model: nn.Module) -> None:
+        """When training ends, before the final evaluation and export: e.g. load averaged weights."""
+
+    def lr_scale(self, scale: float, step: int, progress: float) -> float:
+        """The learning-rate multiplier of this step, given the trainer's (flat, then warmdown)."""
+        return scale
+
+    def positions(self, hidden: Tensor) -> Tensor:
+        """The model's own token positions of a block output (a technique that inserts positions removes them)."""
+        return hidden
 
 
 @dataclass(frozen=True)
@@ -150,10 +174,16 @@ class TechniqueStack(nn.Module):
     training progress (0 → 1, a tensor so a compiled graph reads it instead of recompiling), and the hooks that
     collect the blocks' outputs while training."""
 
-    def __init__(self, specs_and_configs: list[tuple[TechniqueSpec, Any]], model: nn.Module, model_config):
+    def __init__(self, specs_and_configs: list[tuple[TechniqueSpec, Any]], model: nn.Module, model_config,
+                 context: dict | None = None):
         super().__init__()
         self.names = [spec.name for spec, _ in specs_and_configs]
-        self.techniques = [spec.cls(cfg, model, model_config) for spec, cfg in specs_and_configs]
+        self.techniques = []
+        for spec, cfg in specs_and_configs:
+            technique = spec.cls.__new__(spec.cls)
+            technique.context = dict(context or {})  # readable from __init__ on
+            technique.__init__(cfg, model, model_config)
+            self.techniques.append(technique)
         self.parts = nn.ModuleDict({f"{name}__{key}": module for name, t in zip(self.names, self.techniques)
                                     for key, module in t.modules().items()})
         self.register_buffer("progress", torch.zeros(()), persistent=False)
@@ -170,7 +200,37 @@ class TechniqueStack(nn.Module):
 
     def _collect(self, module, args, output) -> None:
         if module.training and torch.is_grad_enabled():
+            for t in self.techniques:
+                output = t.positions(output)
             self._hidden.append(output)
+
+    # Around each optimizer step, in the trainer's order (harness/train.py: train_step). Not `begin_step`: that
+    # name is the variants' own per-module hook (harness/hooks.py), which the stack is not.
+    def start_step(self, model: nn.Module, step: int, progress: float) -> None:
+        self.progress.fill_(progress)  # a tensor: a compiled graph reads it without recompiling
+        for t in self.techniques:
+            t.begin_step(model, step, progress)
+
+    def after_backward(self, model: nn.Module) -> None:
+        for t in reversed(self.techniques):
+            t.after_backward(model)
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        for t in self.techniques:
+            t.after_step(model, step)
+
+    def finish(self, model: nn.Module) -> None:
+        for t in self.techniques:
+            t.finish(model)
+
+    def lr_scale(self, scale: float, step: int, progress: float) -> float:
+        for t in self.techniques:
+            scale = t.lr_scale(scale, step, progress)
+        return scale
+
+    def trainable(self) -> list[nn.Parameter]:
+        """The techniques' own trained parameters (an EMA teacher's are not)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def inputs(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         self._hidden = []
@@ -218,3 +278,24 @@ def resolve(specs: list[TechniqueSpec], flags: dict[str, Any]) -> list[tuple[Tec
 def label(specs_and_configs) -> str:
     """'+mtp+deep_supervision' (empty without techniques): appended to a configuration's label."""
     return "".join(f"+{spec.name}" for spec, _ in specs_and_configs)
+
+
+def train_steps(scored: nn.Module, stack: TechniqueStack, optimizer, x: Tensor, steps: int,
+                progress: float = 0.5) -> list[float]:
+    """A few training steps on one batch with every technique hook in the trainer's order, then `finish`
+    (for the proof and the tests; harness/train.py is the trainer). Returns the training losses."""
+    model = scored.model
+    scored.train()
+    losses = []
+    for step in range(steps):
+        stack.start_step(model, step, progress)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss, aux = scored(x[:, :-1], x[:, 1:])
+            (loss + aux).backward()
+        stack.after_backward(model)
+        optimizer.step()
+        stack.after_step(model, step)
+        losses.append(loss.item())
+    stack.finish(model)
+    return losses

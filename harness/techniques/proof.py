@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from harness import artifact, hooks
 from harness.errors import UserError
 from harness.metric import ScoredModel, split_output
-from harness.techniques import TechniqueStack, label
+from harness.techniques import TechniqueStack, label, train_steps
 
 PROOF_SEQ_LEN = 64
 
@@ -36,15 +36,31 @@ def _eval_flops(model, x) -> int:
     return counter.get_total_flops()
 
 
-def prove(variant, config, applied, seed: int = 0) -> dict:
+def proof_tables(vocab_size: int):
+    """Byte tables for a proof made before a dataset is at hand (a sweep's plan): lengths 1 … 8 and every other
+    token word-initial. What the tables say does not decide whether a technique is training-only; a run proves
+    again with its tokenizer's own."""
+    import numpy as np
+
+    from harness.data.tokenizers import ByteTables
+
+    ids = np.arange(vocab_size)
+    return ByteTables(base_bytes=(1 + ids % 8).astype(np.int16), has_leading_space=ids % 2 == 1,
+                      is_boundary=ids == 0)
+
+
+def prove(variant, config, applied, context: dict | None = None, seed: int = 0) -> dict:
     """The verdict for the run's record; raises UserError naming the difference when there is one."""
     t0 = time.perf_counter()
+    context = dict(context or {})
+    if context.get("tables") is None:
+        context["tables"] = proof_tables(config.vocab_size)
     names = label(applied).lstrip("+").replace("+", ", ")
     torch.manual_seed(seed)
     base = variant.construct(config)
     torch.manual_seed(seed)
     model = variant.construct(config)
-    stack = TechniqueStack(applied, model, config)
+    stack = TechniqueStack(applied, model, config, context)
     problem = None
     if _signature(base) != _signature(model):
         extra = sorted(set(_signature(model)) ^ set(_signature(base)))
@@ -53,15 +69,14 @@ def prove(variant, config, applied, seed: int = 0) -> dict:
     x = torch.randint(0, config.vocab_size, (2, PROOF_SEQ_LEN + 1), generator=g)
     if problem is None:
         scored = ScoredModel(model, stack)
-        scored.train()
-        stack.progress.fill_(0.5)
-        opt = torch.optim.Adam(scored.parameters(), lr=1e-3)
-        for _ in range(2):
-            opt.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                loss, aux = scored(x[:, :-1], x[:, 1:])
-                (loss + aux).backward()
-            opt.step()
+        trainable = [p for p in scored.parameters() if p.requires_grad]
+        try:
+            train_steps(scored, stack, torch.optim.Adam(trainable, lr=1e-3), x, steps=2)
+        except UserError:
+            raise
+        except Exception as exc:  # a technique that cannot train this variant says so in one line
+            raise UserError(f"technique {names} cannot train {variant.name}: {type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
         blob = artifact.compress(hooks.exported_state(model))
         restored = artifact.restore(variant.construct, config, blob)
         artifact.copy_tensors(model, restored)

@@ -43,7 +43,8 @@ def plan_study(args, fixed: dict, variant, preset: str | None, budget, results_d
     if args.trials < 1 or args.workers < 1:
         raise UserError("--trials and --workers must be at least 1")
     only = [n.strip().replace("-", "_") for n in args.only.split(",") if n.strip()] if args.only else None
-    space = sp.resolve_space(variant.space, variant.config_cls, args.search, only, fixed)
+    fixed_specs, toggled = technique_choice(args)
+    space = sp.resolve_space(variant.space, variant.config_cls, args.search, only, fixed, (fixed_specs, toggled))
     name = args.name or f"{variant.name}-{Path(budget.name).stem}" + (
         "-" + "-".join(o.replace("_", "") for o in objectives[1:]) if len(objectives) > 1 else "")
     safe_name(name, "study name")
@@ -53,7 +54,8 @@ def plan_study(args, fixed: dict, variant, preset: str | None, budget, results_d
         space=sp.to_json(space), objectives=objectives, trials=args.trials, pruner=pruner, report_at=report_at,
         storage=st.storage_url(args.storage, results_dir, name, args.executor),
         results_dir=str(Path(results_dir).resolve()), seed=args.seed, sampler_seed=args.sampler_seed,
-        max_steps=args.max_steps, heartbeat_grace_seconds=args.heartbeat_grace, command=list(sys.argv))
+        max_steps=args.max_steps, heartbeat_grace_seconds=args.heartbeat_grace, command=list(sys.argv),
+        with_=",".join(s.name for s in fixed_specs), search_with=[s.name for s in toggled])
     path = st.settings_file(results_dir, name)
     if path.exists():
         old = st.load_settings(path)
@@ -70,6 +72,20 @@ def plan_study(args, fixed: dict, variant, preset: str | None, budget, results_d
     return settings
 
 
+def technique_choice(args) -> tuple[list, list]:
+    """(techniques every trial uses, techniques each trial turns on or off) from --with and --search-with."""
+    from harness import techniques
+
+    fixed_specs = techniques.parse_with(getattr(args, "with_", None))
+    toggled = techniques.parse_with(getattr(args, "search_with", None))
+    both = sorted({s.name for s in fixed_specs} & {s.name for s in toggled})
+    if both:
+        raise UserError(f"technique {both[0]} is in both --with (every trial) and --search-with (on or off per trial);"
+                        f" keep one")
+    techniques.parse_with(",".join(s.name for s in (*fixed_specs, *toggled)))  # an incompatible pair is refused
+    return fixed_specs, toggled
+
+
 def describe(settings: st.Settings, tally: st.Tally) -> str:
     sampler = "TPE" if len(settings.objectives) == 1 else "NSGA-II"
     pruning = ("no pruning" if settings.pruner == "none" else
@@ -77,6 +93,8 @@ def describe(settings: st.Settings, tally: st.Tally) -> str:
     lines = [f"study {settings.name}: {settings.variant} under {Path(settings.budget).stem}, "
              f"{' + '.join(settings.objectives)} ({sampler}, {pruning}), {settings.trials} trials "
              f"({tally.counted} done, {tally.running} running); storage {settings.storage}"]
+    if settings.with_:
+        lines += [f"  with   {settings.with_} (every trial)"]
     lines += [f"  search {line}" for line in sp.describe(sp.from_json(settings.space))]
     lines += [f"  fixed  {k} = {v}" for k, v in settings.fixed.items()]
     return "\n".join(lines)
@@ -206,7 +224,9 @@ def reevaluate(settings: st.Settings, candidates: list, seeds: int, executor: st
     plan = Sweep(name=f"{settings.name}-reeval", source=f"study {settings.name}")
     ids: dict[int, list[str]] = {}
     for trial in candidates:
-        entry = {"variant": settings.variant, "params": {**settings.fixed, **trial.params}}
+        plan_of = st.split_params(settings, trial.params)
+        entry = {"variant": settings.variant, "params": {**plan_of.variant_params, **plan_of.technique_params},
+                 "with": [plan_of.with_]}
         if settings.preset:
             entry["preset"] = settings.preset
         runs = expand(plan.name, [entry], settings.budget, extra, plan.source, settings.max_steps).runs
@@ -244,14 +264,25 @@ def write_presets(settings: st.Settings, chosen: list[tuple[str, object, str]]) 
     base = variant.presets.get(settings.preset, {}) if settings.preset else {}  # a preset holds all it needs
     lines = [f"# Study {settings.name}: {settings.variant} under {budget}, "
              f"objectives {', '.join(settings.objectives)}.",
-             f"# Use: {rerun_command(settings, path)} --preset {chosen[0][0]}",
+             f"# Use: {rerun_command(settings, path)} --preset {chosen[0][0]}{with_flags(settings, chosen[0][1])}",
              f"study = {toml_value(settings.name)}", f"variant = {toml_value(settings.variant)}",
              f"budget = {toml_value(settings.budget)}"]
     for name, trial, comment in chosen:
+        plan = st.split_params(settings, trial.params)
         lines += ["", f"[presets.{name}]  # {comment}"]
-        lines += [f"{k} = {toml_value(v)}" for k, v in {**base, **settings.fixed, **trial.params}.items()]
+        if plan.with_:  # a preset holds the variant's parameters; the techniques go on the command line
+            lines += [f"# trained with:{with_flags(settings, trial)}"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in {**base, **plan.variant_params}.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def with_flags(settings: st.Settings, trial) -> str:
+    """' --with mtp --mtp-heads 3' for a trial's techniques ('' without)."""
+    plan = st.split_params(settings, trial.params)
+    if not plan.with_:
+        return ""
+    return f" --with {plan.with_}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in plan.technique_params.items())
 
 
 def rerun_command(settings: st.Settings, path: Path) -> str:
@@ -333,7 +364,8 @@ def finish(settings: st.Settings, reeval_top: int, reeval_seeds: int, executor: 
                                         f"(re-evaluated; run {trial.user_attrs.get('run_id')} and seeds after it)")
     path = write_presets(settings, chosen)
     echo(f"best configuration: {chosen[0][2]}")
-    echo(f"presets: {path} ({rerun_command(settings, path)})")
+    echo(f"presets: {path} ({rerun_command(settings, path)} --preset {chosen[0][0]}"
+         f"{with_flags(settings, chosen[0][1])})")
     results_dir = Path(settings.results_dir)
     built = build_report(results_dir, results_dir.parent / "reports" / f"{settings.name}.html")
     echo(f"report: {built.index}")

@@ -131,11 +131,41 @@ def parse_search(config_cls: type, text: str) -> tuple[str, Dim]:
     return name, Choice(*(parse_value(config_cls, name, v.strip()) for v in spec.split(",")))
 
 
+def toggle_name(technique: str) -> str:
+    """The dimension that turns a technique on or off in a trial: with_mtp ∈ {False, True}."""
+    return f"with_{technique}"
+
+
+def technique_space(fixed_specs, toggled_specs) -> dict[str, Dim]:
+    """The techniques' declared spaces: those every trial uses as they are; for each toggled one, a with_NAME
+    switch first and its dimensions sampled only while it is on."""
+    space: dict[str, Dim] = {}
+    for spec in fixed_specs:
+        space.update(spec.space)
+    for spec in toggled_specs:
+        on = {toggle_name(spec.name): (True,)}
+        space[toggle_name(spec.name)] = Choice(False, True)
+        space.update({n: with_condition(d, {**d.when, **on}) for n, d in spec.space.items()})
+    return space
+
+
 def resolve_space(declared: dict[str, Dim], config_cls: type, searches: list[str], only: list[str] | None,
-                  fixed: dict[str, Any]) -> dict[str, Dim]:
-    """The optimizer space + the variant's, narrowed by --search, restricted by --only, minus fixed flags."""
-    space = {**OPTIMIZER_SPACE, **declared}
+                  fixed: dict[str, Any], techniques: tuple = ((), ())) -> dict[str, Dim]:
+    """The optimizer space + the variant's + the techniques' (fixed ones, toggled ones), narrowed by --search,
+    restricted by --only, minus fixed flags."""
+    fixed_specs, toggled_specs = techniques
+    owners = {f.name: (spec, spec in toggled_specs) for spec in (*fixed_specs, *toggled_specs)
+              for f in dataclasses.fields(spec.config_cls)}
+    space = {**OPTIMIZER_SPACE, **declared, **technique_space(fixed_specs, toggled_specs)}
     for text in searches:
+        key = text.partition("=")[0].strip().replace("-", "_")
+        if key in owners:  # a technique's field: parsed against its config, sampled only while it is on
+            spec, toggled = owners[key]
+            name, dim = parse_search(spec.config_cls, text)
+            old = space.get(name)
+            when = old.when if old is not None else ({toggle_name(spec.name): (True,)} if toggled else {})
+            space[name] = with_condition(dim, when)
+            continue
         name, dim = parse_search(config_cls, text)
         if name in fixed:
             flag = "--" + name.replace("_", "-")
@@ -150,7 +180,7 @@ def resolve_space(declared: dict[str, Dim], config_cls: type, searches: list[str
                             f"{', '.join(space)} (add it with --search {unknown[0]}=...)")
         space = {n: d for n, d in space.items() if n in only}
     space = {n: d for n, d in space.items() if n not in fixed}
-    check(space, config_cls, "tune")
+    check({n: d for n, d in space.items() if n not in owners and not n.startswith("with_")}, config_cls, "tune")
     if not space:
         raise UserError("the search space is empty: every parameter is fixed; drop a flag or add --search NAME=...")
     return space

@@ -50,10 +50,12 @@ class Settings:
     heartbeat_grace_seconds: float = 120.0
     command: list[str] = field(default_factory=list)
     submissions: list[dict] = field(default_factory=list)
+    with_: str = ""                 # techniques every trial trains with (--with)
+    search_with: list[str] = field(default_factory=list)  # techniques each trial turns on or off (--search-with)
 
     # What makes two invocations the same study; the trial count may grow, the rest may not change.
     IDENTITY = ("variant", "preset", "budget", "fixed", "space", "objectives", "pruner", "report_at", "seed",
-                "max_steps", "storage")
+                "max_steps", "storage", "with_", "search_with")
 
     @property
     def directions(self) -> list[str]:
@@ -73,7 +75,8 @@ def settings_file(results_dir: Path, name: str) -> Path:
 
 SETTINGS_TYPES = {"name": str, "variant": str, "budget": str, "fixed": dict, "space": dict, "objectives": list,
                   "trials": int, "pruner": str, "report_at": list, "storage": str, "results_dir": str, "seed": int,
-                  "heartbeat_grace_seconds": (int, float), "command": list, "submissions": list}
+                  "heartbeat_grace_seconds": (int, float), "command": list, "submissions": list, "with_": str,
+                  "search_with": list}
 
 
 def load_settings(path: Path) -> Settings:
@@ -399,3 +402,32 @@ def importances(records: list[dict]) -> dict[str, float]:
         return optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):  # e.g. every trial had the same parameters
         return {}
+
+
+@dataclass
+class TrialPlan:
+    """A trial's parameters split: the variant's, the techniques' and which techniques are on."""
+    variant_params: dict[str, Any]
+    technique_params: dict[str, Any]
+    with_: str  # as --with takes it ("" none)
+
+
+def technique_specs(settings: Settings) -> tuple[list, list]:
+    from harness.techniques import parse_with
+
+    return parse_with(settings.with_), parse_with(",".join(settings.search_with))
+
+
+def split_params(settings: Settings, params: dict[str, Any]) -> TrialPlan:
+    """The study's fixed flags plus a trial's sampled values (or any subset: params may be {}), split."""
+    import dataclasses as dc
+
+    from harness.tune.space import toggle_name
+
+    fixed_specs, toggled = technique_specs(settings)
+    owned = {f.name for spec in (*fixed_specs, *toggled) for f in dc.fields(spec.config_cls)}
+    merged = {**settings.fixed, **params}
+    on = [spec.name for spec in fixed_specs] + [spec.name for spec in toggled if merged.get(toggle_name(spec.name))]
+    switches = {toggle_name(spec.name) for spec in toggled}
+    return TrialPlan({k: v for k, v in merged.items() if k not in owned and k not in switches},
+                     {k: v for k, v in merged.items() if k in owned}, ",".join(on))

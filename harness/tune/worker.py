@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import traceback
+import types
 from pathlib import Path
 
 from harness.errors import UserError
@@ -37,7 +38,23 @@ class Worker:
         self.variant, _ = get_variant(self.settings.variant)
         self.budget = load_budget(self.settings.budget)
         self.space = sp.from_json(self.settings.space)
-        self.base = self.variant.resolve(self.settings.preset, self.budget.model, self.settings.fixed, self.budget.name)
+        plan = st.split_params(self.settings, {})
+        self.base = self.variant.resolve(self.settings.preset, self.budget.model, plan.variant_params,
+                                         self.budget.name)
+        self.condition_base = self.conditions(plan)
+
+    def conditions(self, plan) -> types.SimpleNamespace:
+        """What a conditional dimension reads when its condition is not sampled: the variant's config, the
+        techniques' resolved configs, every switch off."""
+        from harness import techniques
+        from harness.config import as_dict
+
+        fixed_specs, toggled = st.technique_specs(self.settings)
+        values = as_dict(self.base)
+        for _, config in techniques.resolve([*fixed_specs, *toggled], plan.technique_params):
+            values.update(as_dict(config))
+        values.update({sp.toggle_name(spec.name): False for spec in toggled})
+        return types.SimpleNamespace(**values)
 
     def next_trial(self):
         """Under the study's lock: conclude trials of dead workers, then ask for one if any are still due."""
@@ -61,15 +78,17 @@ class Worker:
         """Train one trial; returns the run's status ("interrupted" ends the worker)."""
         from optuna.distributions import distribution_to_json
 
-        from harness import train
+        from harness import techniques, train
 
         s = self.settings
         run_id = trial.user_attrs["run_id"]
         record, reason = None, ""
         with st.Heartbeat(st.heartbeat_file(s, trial.number)):
             try:
-                params = sp.suggest(trial, self.space, self.base)
-                config = self.variant.resolve(s.preset, self.budget.model, {**s.fixed, **params}, self.budget.name)
+                params = sp.suggest(trial, self.space, self.condition_base)
+                plan = st.split_params(s, params)
+                config = self.variant.resolve(s.preset, self.budget.model, plan.variant_params, self.budget.name)
+                applied = techniques.resolve(techniques.parse_with(plan.with_), plan.technique_params)
             except UserError as exc:  # the sampled combination is not a valid model (e.g. heads ∤ width)
                 st.conclude(self.study, s, trial.number, None, f"invalid configuration: {exc}")
                 self.echo(f"trial {trial.number}: invalid configuration ({exc})")
@@ -83,6 +102,7 @@ class Worker:
             info = {"name": s.name, "trial": trial.number, "params": params, "objectives": s.objectives,
                     "distributions": {k: distribution_to_json(v) for k, v in trial.distributions.items()}}
             spec = train.RunSpec(variant=self.variant, config=config, budget=self.budget, preset=s.preset, seed=s.seed,
+                                 techniques=applied,
                                  run_id=run_id, results_dir=Path(s.results_dir), max_steps=s.max_steps, quiet=True,
                                  study=info, report_fractions=tuple(s.report_at) if pruning else (),
                                  on_report=on_report if pruning else None,
