@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter  # noqa: E402
 
+from harness.report.tables import is_plain_baseline  # noqa: E402
+
 plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "golf-harness", "font.size": 9,
                      "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
 
@@ -92,7 +94,7 @@ def pareto_plot(rows: list[dict], x_key: str, x_label: str, *, maximize_x: bool 
     fx, fy = [xs[i] for i in front], [ys[i] for i in front]
     ax.step(fx, fy, where="post", color=FRONT_COLOR, lw=1.2, zorder=1, label="Pareto front")
     ax.scatter(fx, fy, s=28, facecolors="none", edgecolors=FRONT_COLOR, zorder=3)
-    baseline = [i for i, r in enumerate(rows) if r.get("variant") == "baseline"]
+    baseline = [i for i, r in enumerate(rows) if is_plain_baseline(r)]
     ax.scatter([xs[i] for i in baseline], [ys[i] for i in baseline], marker="s", s=30, color=BASELINE_COLOR,
                zorder=4, label="baseline")
     if cap is not None:

@@ -221,9 +221,17 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
     ))
 
 
+# The baseline family without training-only techniques (its presets count): what every row is compared with.
+PLAIN_BASELINE = (pl.col("variant") == "baseline") & ~pl.col("label").str.contains("+", literal=True)
+
+
+def is_plain_baseline(row: dict) -> bool:
+    return row.get("variant") == "baseline" and "+" not in str(row.get("label", ""))
+
+
 def pick_baseline(table: pl.DataFrame) -> str | None:
     """The baseline configuration a leaderboard compares against: the baseline with the most finished seeds."""
-    base = table.filter((pl.col("variant") == "baseline") & pl.col("ranked"))
+    base = table.filter(PLAIN_BASELINE & pl.col("ranked"))
     if base.is_empty():
         return None
     return base.sort(["seeds", "bpb_mean"], descending=[True, False], nulls_last=True)["config_key"][0]
