@@ -16,14 +16,19 @@ from torch import nn
 
 from harness.optim import zeropower_via_newtonschulz5
 
+RECOMPILE_LIMIT = 8  # torch's default: a graph recompiled more often is changing on every call
 
-def start(enabled: bool) -> None:
+
+def start(enabled: bool, allowance: int = 0) -> None:
     """A clean compile state for the run about to start (Dynamo's caches, counters and metrics emptied). A run
-    that does not compile leaves Dynamo unimported (1.5 s of imports) unless an earlier run loaded it."""
+    that does not compile leaves Dynamo unimported (1.5 s of imports) unless an earlier run loaded it.
+    `allowance`: recompiles the run's training-only techniques announce (a curriculum's lengths), on top of
+    the limit."""
     if not enabled and "torch._dynamo" not in sys.modules:
         return
     import torch._dynamo
 
+    torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT + allowance
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     torch._dynamo.utils.clear_compilation_metrics()

@@ -248,7 +248,7 @@ def run(spec: RunSpec) -> dict:
                                                            flops_cache, flops_key, b.tokens_per_step, autocast_dtype)
     attention_found = attention.probe(model, c.vocab_size, b.seq_len, device, autocast_dtype)
     attention_kernel = attention.pin(device, attention_found)
-    compilation.start(use_compile)
+    compilation.start(use_compile, stack.recompiles if stack is not None else 0)
     optimizers, muon = build_optimizers(
         model, c, fused=device.type == "cuda", muon_dtype=autocast_dtype or torch.float32,
         orthogonalize=compilation.compile_newton_schulz() if use_compile else zeropower_via_newtonschulz5)

@@ -95,6 +95,21 @@ def test_leaderboard_matches_a_hand_computation(smoke_results):
     assert board.bar_bpb == pytest.approx(0.005 / math.log(2) * tokens_per_byte)
 
 
+def test_the_baseline_with_techniques_is_a_row_of_its_own_never_the_reference(smoke_results, tmp_path):
+    results = copy_results(smoke_results, tmp_path / "r")
+    for n, path in enumerate(sorted(results.glob("*baseline*/run.json")) * 2):  # more seeds than the plain one
+        record = json.loads(path.read_text())
+        record.update(seed=100 + n, techniques=[{"name": "mtp", "config": {"mtp_heads": 2, "mtp_weight": 0.3}}],
+                      val_bpb_post_quant=record["val_bpb_post_quant"] - 0.5, run_id=f"{record['run_id']}-mtp{n}")
+        (results / record["run_id"]).mkdir()
+        (results / record["run_id"] / "run.json").write_text(json.dumps(record))
+    (board,) = tables.build_leaderboards(tables.load_runs(results))
+    rows = {r["label"]: r for r in board.table.to_dicts()}
+    assert rows["baseline+mtp"]["seeds"] == 4 and rows["baseline"]["seeds"] == 2
+    assert board.baseline_key == rows["baseline"]["config_key"]
+    assert rows["baseline+mtp"]["delta_bpb"] == pytest.approx(-0.5, abs=0.05)
+
+
 def test_welch_test_needs_two_seeds_and_honours_the_margin():
     assert tables.welch_p_value([1.0], [2.0, 2.1], 0.005) is None
     clearly_better = tables.welch_p_value([2.00, 2.01, 2.02], [2.50, 2.51, 2.52], 0.005)

@@ -117,10 +117,11 @@ def test_seq_curriculum_grows_the_length_at_constant_tokens_per_step():
     model, stack, scored = build("seq_curriculum", {"seq_curriculum_levels": 2, "seq_curriculum_until": 0.6})
     seen = block_lengths(model)
     x = batch()
-    for progress in (0.0, 0.25, 0.5, 0.9):
+    for progress in (0.0, 0.29, 0.3, 0.59, 0.6, 0.9):
         stack.start_step(model, 0, progress)
         scored(x[:, :-1], x[:, 1:])
-    assert seen == [(16, 16), (8, 32), (4, 64), (4, 64)]  # 256 tokens each step; full length from 0.6 on
+    # 256 tokens each step; the length doubles at even steps of progress, the full length from `until` on
+    assert seen == [(16, 16), (16, 16), (8, 32), (8, 32), (4, 64), (4, 64)]
     model.eval()
     with torch.no_grad():
         scored(x[:, :-1], x[:, 1:], train=False)
@@ -277,3 +278,44 @@ def test_every_trained_technique_parameter_gets_a_gradient_every_step(progress, 
         (loss + aux).backward()
         missing = [n for n, p in stack.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, (technique, missing)
+
+
+def test_refine_twice_hands_the_other_techniques_the_output_that_made_the_logits():
+    model, stack, _ = build("refine_twice,mtp")
+    x = batch()
+    stack.inputs(x[:, :-1], x[:, 1:])
+    logits = model(x[:, :-1])
+    assert torch.equal(model.logits(stack._hidden[-1]), logits)
+
+
+@pytest.mark.parametrize("with_,term", [("activation_l1", "l1"), ("head_diversity", "cosine")])
+def test_the_step_penalties_average_over_a_curriculums_passes(with_, term):
+    flags = {"seq_curriculum_mode": "multiscale", "seq_curriculum_levels": 2}
+    model, stack, _ = build(f"{with_},seq_curriculum", flags)
+    x = batch(rows=8)
+    stack.start_step(model, 0, 0.5)
+    xs, ys = stack.inputs(x[:, :-1], x[:, 1:])
+    value = stack.loss_terms(model, xs, ys, model(xs))[f"{with_}.{term}"].item()
+    assert stack._hidden == []  # the extra passes' block outputs are not kept
+    # the same penalty, one pass at a time, averaged over the three passes
+    alone = TechniqueStack(resolve(parse_with(with_), {}), model, model.config)
+    passes = (x[:4, :-1], x[4:6, :-1].reshape(4, 32), x[6:, :-1].reshape(8, 16))
+    each = []
+    for xp in passes:
+        alone.inputs(xp, xp)
+        model(xp)
+        each.append(alone.loss_terms(model, xp, xp, None)[f"{with_}.{term}"].item())
+    assert value == pytest.approx(sum(each) / len(each), rel=1e-5)
+
+
+def test_self_distill_keeps_its_teacher_average_in_fp32():
+    model, stack, _ = build("self_distill", {"self_distill_decay": 0.999})
+    teacher = stack.parts["self_distill__teacher"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-4)  # far below a bf16 step at these magnitudes
+    stack.after_step(model, 0)
+    assert all(getattr(teacher, f"average{i}").dtype == torch.float32 for i in range(3))
+    moved = [float((getattr(teacher, f"average{i}") - t.float()).abs().max()) for i, t in
+             enumerate(teacher.model.parameters())]
+    assert max(moved) < 1e-6  # the teacher is its average (here fp32 weights: identical)

@@ -79,6 +79,31 @@ class Technique:
         """The model's own token positions of a block output (a technique that inserts positions removes them)."""
         return hidden
 
+    def recompiles(self) -> int:
+        """How many times in a run `begin_step` changes python state that the compiled graph reads (each change
+        compiles once more; the harness raises torch.compile's recompile limit by that much)."""
+        return 0
+
+
+def token_embedding(model: nn.Module, vocab_size: int, who: str) -> nn.Embedding:
+    """The model's token embedding: `tok_emb`, else the one nn.Embedding with a row per token."""
+    found = getattr(model, "tok_emb", None)
+    if isinstance(found, nn.Embedding):
+        return found
+    found = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.num_embeddings == vocab_size]
+    if not found:
+        raise UserError(f"technique {who} needs the model's token embedding (an nn.Embedding with {vocab_size} rows)")
+    return found[0]
+
+
+def forget_generated(model: nn.Module) -> None:
+    """Weights changed in place: generated weights (harness/hooks.py GeneratedWeights) drop what they cached."""
+    from harness.hooks import GeneratedWeights
+
+    for module in model.modules():
+        if isinstance(module, GeneratedWeights):
+            module._forget()
+
 
 @dataclass(frozen=True)
 class TechniqueSpec:
@@ -188,15 +213,17 @@ class TechniqueStack(nn.Module):
                                     for key, module in t.modules().items()})
         self.register_buffer("progress", torch.zeros(()), persistent=False)
         self._hidden: list[Tensor] = []
+        for t in self.techniques:
+            t.attach(model)
         if any(t.needs_hidden for t in self.techniques):
             blocks = getattr(model, "blocks", None)
             if not isinstance(blocks, nn.ModuleList):
                 raise UserError(f"techniques {', '.join(self.names)} read the blocks' outputs, and this model has no "
                                 f"`blocks` list")
-            for block in blocks:
+            for block in blocks:  # after the techniques' own hooks: what a block finally outputs (refine_twice)
                 block.register_forward_hook(self._collect)
-        for t in self.techniques:
-            t.attach(model)
+        # python state the compiled graph reads and a technique changes during a run: each change compiles once
+        self.recompiles = sum(t.recompiles() for t in self.techniques)
 
     def _collect(self, module, args, output) -> None:
         if module.training and torch.is_grad_enabled():
@@ -252,6 +279,7 @@ class TechniqueStack(nn.Module):
         for name, t in zip(self.names, self.techniques):
             found = t.loss_terms(model, x, y, logits, hidden, self.progress)
             terms.update({f"{name}.{k}": v for k, v in found.items()})
+        self._hidden = []  # what extra forward passes in loss_terms collected is not kept
         return terms
 
 
@@ -281,14 +309,15 @@ def label(specs_and_configs) -> str:
 
 
 def train_steps(scored: nn.Module, stack: TechniqueStack, optimizer, x: Tensor, steps: int,
-                progress: float = 0.5) -> list[float]:
+                progress: float | tuple[float, ...] = 0.5) -> list[float]:
     """A few training steps on one batch with every technique hook in the trainer's order, then `finish`
-    (for the proof and the tests; harness/train.py is the trainer). Returns the training losses."""
+    (for the proof and the tests; harness/train.py is the trainer). `progress`: one value, or one per step.
+    Returns the training losses."""
     model = scored.model
     scored.train()
     losses = []
     for step in range(steps):
-        stack.start_step(model, step, progress)
+        stack.start_step(model, step, progress[step] if isinstance(progress, tuple) else progress)
         optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss, aux = scored(x[:, :-1], x[:, 1:])

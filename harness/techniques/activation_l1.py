@@ -36,6 +36,7 @@ class ActivationL1(Technique):
 
         for mlp in mlps:
             mlp.proj.register_forward_pre_hook(record)
+        self.layers = len(mlps)
 
     def inputs(self, x, y, progress):
         self.seen = []  # only this step's forward counts (a forward outside the scorer leaves nothing behind)
@@ -45,7 +46,8 @@ class ActivationL1(Technique):
         seen, self.seen = self.seen, []
         if not seen:
             return {}
-        return {"l1": self.config.activation_l1_weight * torch.stack(seen).sum()}
+        # summed over the MLPs, averaged over the step's forward passes (a curriculum may make several)
+        return {"l1": self.config.activation_l1_weight * torch.stack(seen).sum() * (self.layers / len(seen))}
 
 
 register("activation_l1", config=ActivationL1Config, cls=ActivationL1, doc=__doc__.split("\n\n")[0],

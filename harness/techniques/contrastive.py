@@ -33,7 +33,7 @@ class Contrastive(Technique):
 
     def loss_terms(self, model, x, y, logits, hidden, progress):
         h = hidden[-1]
-        stride = max(1, h.size(1) // self.config.contrastive_positions)
+        stride = -(-h.size(1) // self.config.contrastive_positions)  # ceil: at most that many positions
         h = F.normalize(h[:, ::stride].float(), dim=-1)
         n = h.size(1)
         if n < 2:

@@ -5,10 +5,9 @@ tokens replaced by random ones); targets are never changed. Evaluation sees clea
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from harness.errors import UserError
-from harness.techniques import Technique, register
+from harness.techniques import Technique, register, token_embedding
 from harness.tune.space import Float
 
 
@@ -29,9 +28,7 @@ class EmbeddingNoiseConfig:
 
 class EmbeddingNoise(Technique):
     def attach(self, model):
-        embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-        if not embeddings:
-            raise UserError("technique embedding_noise needs an nn.Embedding in the model")
+        embedding = token_embedding(model, self.model_config.vocab_size, "embedding_noise")
         std, drop = self.config.embedding_noise_std, self.config.embedding_noise_drop
 
         def noisy(module, args, output):
@@ -45,7 +42,7 @@ class EmbeddingNoise(Technique):
                 output = output * keep.unsqueeze(-1).to(output.dtype)
             return output
 
-        embeddings[0].register_forward_hook(noisy)
+        embedding.register_forward_hook(noisy)
 
     def inputs(self, x, y, progress):
         p = self.config.embedding_noise_replace

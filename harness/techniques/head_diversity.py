@@ -47,6 +47,7 @@ class HeadDiversity(Technique):
 
         for layer in layers:
             layer.proj.register_forward_pre_hook(record(layer.num_heads))
+        self.layers = len(layers)
 
     def inputs(self, x, y, progress):
         self.seen = []
@@ -56,7 +57,8 @@ class HeadDiversity(Technique):
         seen, self.seen = self.seen, []
         if not seen:
             return {}
-        return {"cosine": self.config.head_diversity_weight * torch.stack(seen).sum()}
+        # summed over layers, averaged over the step's forward passes (a curriculum may make several)
+        return {"cosine": self.config.head_diversity_weight * torch.stack(seen).sum() * (self.layers / len(seen))}
 
 
 register("head_diversity", config=HeadDiversityConfig, cls=HeadDiversity, doc=__doc__.split("\n\n")[0],

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.errors import UserError
-from harness.techniques import Technique, register
+from harness.techniques import Technique, register, token_embedding
 from harness.tune.space import Int
 
 
@@ -30,8 +30,9 @@ class PlanningTokensConfig:
 class PlanningTokens(Technique):
     def __init__(self, config, model, model_config):
         super().__init__(config, model, model_config)
+        self.embedding = token_embedding(model, model_config.vocab_size, "planning_tokens")
         std = getattr(model_config, "tied_embed_init_std", 0.005)
-        self.vectors = nn.Parameter(torch.randn(config.planning_tokens_count, model_config.model_dim) * std)
+        self.vectors = nn.Parameter(torch.randn(config.planning_tokens_count, self.embedding.embedding_dim) * std)
         self.holder = nn.Module()
         self.holder.vectors = self.vectors
         self.inserted: tuple[int, Tensor] | None = None  # (the longer length, the model's own positions in it)
@@ -41,10 +42,7 @@ class PlanningTokens(Technique):
         return {"vectors": self.holder}
 
     def attach(self, model):
-        embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-        if not embeddings:
-            raise UserError("technique planning_tokens needs an nn.Embedding in the model")
-        embeddings[0].register_forward_hook(self.insert)
+        self.embedding.register_forward_hook(self.insert)
         model.register_forward_hook(self.remove_from_output)
 
     def insert(self, module, args, output):
@@ -88,4 +86,5 @@ class PlanningTokens(Technique):
 
 
 register("planning_tokens", config=PlanningTokensConfig, cls=PlanningTokens, doc=__doc__.split("\n\n")[0],
-         space={"planning_tokens_every": Int(8, 128, log=True), "planning_tokens_count": Int(1, 4)}, order=8)
+         space={"planning_tokens_every": Int(8, 128, log=True), "planning_tokens_count": Int(1, 4)},
+         order=11)  # after embedding_noise: its hook sees the token embeddings only, not the inserted slots

@@ -1,8 +1,9 @@
 """The proof, per run, that training-only techniques are training-only, at the run's own config on the CPU.
 
 Two models are built from the same seed: the base variant, and the variant with the run's techniques applied.
-The techniques' model is trained for two steps with every technique active (so hooks and extra heads have done
-whatever they do), exported, and the artifact loaded into a fresh base model. Then:
+The techniques' model is trained for two steps, one as at the start of training and one as at its middle (so
+hooks, curricula and extra heads have done whatever they do), exported, and the artifact loaded into a fresh
+base model. Then:
   - state: the exported state dicts hold the same keys, shapes and dtypes;
   - FLOPs: one evaluation forward costs the same (torch.utils.flop_counter) with and without the techniques;
   - logits: in evaluation mode, the techniques' model (hooks still installed, the artifact's weights loaded)
@@ -71,7 +72,8 @@ def prove(variant, config, applied, context: dict | None = None, seed: int = 0) 
         scored = ScoredModel(model, stack)
         trainable = [p for p in scored.parameters() if p.requires_grad]
         try:
-            train_steps(scored, stack, torch.optim.Adam(trainable, lr=1e-3), x, steps=2)
+            # one step at the start of training (curricula, corruption on) and one at its middle
+            train_steps(scored, stack, torch.optim.Adam(trainable, lr=1e-3), x, steps=2, progress=(0.0, 0.5))
         except UserError:
             raise
         except Exception as exc:  # a technique that cannot train this variant says so in one line

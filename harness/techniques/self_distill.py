@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UserError
-from harness.techniques import Technique, register
+from harness.techniques import Technique, forget_generated, register
 from harness.tune.space import Choice, Float
 
 
@@ -64,6 +64,9 @@ class SelfDistill(Technique):
         self.teacher = None
         if config.self_distill_mode == "ema":
             self.teacher = Frozen(copy.deepcopy(model))  # before any technique's hooks are attached
+            # the average in fp32 (a bf16 weight would drop updates smaller than its rounding step)
+            for i, p in enumerate(self.teacher.model.parameters()):
+                self.teacher.register_buffer(f"average{i}", p.detach().float().clone())
         elif not callable(getattr(model, "logits", None)):
             raise UserError("technique self_distill (layers) needs the model's logits(hidden) method")
         self.listening = False
@@ -74,12 +77,18 @@ class SelfDistill(Technique):
     def begin_step(self, model, step, progress):
         self.listening = progress >= self.config.self_distill_start
 
+    def recompiles(self):
+        return 1 if self.teacher is not None else 0  # the teacher is listened to from its start on
+
     @torch.no_grad()
     def after_step(self, model, step):
         if self.teacher is None:
             return
-        for t, s in zip(self.teacher.model.parameters(), model.parameters()):
-            t.lerp_(s.detach(), 1.0 - self.config.self_distill_decay)
+        for i, (t, s) in enumerate(zip(self.teacher.model.parameters(), model.parameters())):
+            average = getattr(self.teacher, f"average{i}")
+            average.lerp_(s.detach().float(), 1.0 - self.config.self_distill_decay)
+            t.copy_(average.to(t.dtype))
+        forget_generated(self.teacher.model)
 
     def loss_terms(self, model, x, y, logits, hidden, progress):
         c = self.config

@@ -2,11 +2,14 @@
 training sequence cut into pieces of seq_len / 2^k) and doubles the length at even steps of progress until the
 full length at `--seq-curriculum-until`; the step holds the same tokens throughout. `multiscale`: every step
 holds several lengths at once: half its sequences at the full length, the rest cut into halves, quarters, …
-(each a separate forward pass, weighted by its share of the step's tokens). Evaluation is always at the budget's
-full length. Under torch.compile each new length compiles once, and the clock charges it."""
+(each a separate forward pass, weighted by its share of the step's tokens); techniques that change the input
+tokens (token replacement, span corruption) or read the blocks' outputs (mtp, deep supervision, …) act on the
+full-length pass. Evaluation is always at the budget's full length. Under torch.compile each new length
+compiles once, and the clock charges it."""
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from harness.errors import UserError
@@ -23,8 +26,8 @@ class SeqCurriculumConfig:
     def check(self) -> None:
         if self.seq_curriculum_mode not in ("grow", "multiscale"):
             raise UserError(f"--seq-curriculum-mode must be grow or multiscale, got {self.seq_curriculum_mode!r}")
-        if not 1 <= self.seq_curriculum_levels <= 6:
-            raise UserError(f"--seq-curriculum-levels must be 1 to 6, got {self.seq_curriculum_levels}")
+        if not 1 <= self.seq_curriculum_levels <= 4:
+            raise UserError(f"--seq-curriculum-levels must be 1 to 4, got {self.seq_curriculum_levels}")
         if not 0 < self.seq_curriculum_until <= 1:
             raise UserError(f"--seq-curriculum-until must be in (0, 1], got {self.seq_curriculum_until}")
 
@@ -39,9 +42,11 @@ class SeqCurriculum(Technique):
         """Python state read by the compiled graph: it changes `levels` times in a run (one compile each)."""
         if self.config.seq_curriculum_mode == "grow":
             c = self.config
-            stage = min(int(progress / c.seq_curriculum_until * (c.seq_curriculum_levels + 1)),
-                        c.seq_curriculum_levels)
+            stage = min(int(progress / c.seq_curriculum_until * c.seq_curriculum_levels), c.seq_curriculum_levels)
             self.divide = 2 ** (c.seq_curriculum_levels - stage)
+
+    def recompiles(self):
+        return self.config.seq_curriculum_levels if self.config.seq_curriculum_mode == "grow" else 0
 
     def inputs(self, x, y, progress):
         self.extra = []
@@ -73,7 +78,7 @@ class SeqCurriculum(Technique):
     def token_weights(self, logits, y, progress):
         if not self.extra:
             return None
-        return logits.new_full(y.shape, self.main_share, dtype=logits.dtype).float()
+        return torch.full(y.shape, self.main_share, dtype=torch.float32, device=y.device)
 
     def loss_terms(self, model, x, y, logits, hidden, progress):
         extra, self.extra = self.extra, []

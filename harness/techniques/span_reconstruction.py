@@ -50,6 +50,9 @@ class SpanReconstruction(Technique):
     def begin_step(self, model, step, progress):
         self.active = progress < self.config.span_reconstruction_until
 
+    def recompiles(self):
+        return 1  # off from `until` on
+
     def fade(self, progress):
         return (1.0 - progress / self.config.span_reconstruction_until).clamp_min(0.0)
 
@@ -80,4 +83,4 @@ class SpanReconstruction(Technique):
 register("span_reconstruction", config=SpanReconstructionConfig, cls=SpanReconstruction,
          doc=__doc__.split("\n\n")[0],
          space={"span_reconstruction_rate": Float(0.05, 0.3), "span_reconstruction_span": Int(1, 8),
-                "span_reconstruction_until": Float(0.1, 0.6)}, order=12)
+                "span_reconstruction_until": Float(0.1, 0.6)}, order=9)  # before token replacement: clean targets

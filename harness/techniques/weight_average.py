@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
-from harness.techniques import Technique, register
+from harness.techniques import Technique, forget_generated, register
 from harness.tune.space import Choice, Float
 
 
@@ -70,6 +70,7 @@ class WeightAverage(Technique):
         for i, p in enumerate(self.params):
             p.copy_(getattr(self.average, f"p{i}").to(p.dtype))
         self.average.count.zero_()
+        forget_generated(model)
 
 
 register("weight_average", config=WeightAverageConfig, cls=WeightAverage, doc=__doc__.split("\n\n")[0],

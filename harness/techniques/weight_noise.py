@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import UserError
-from harness.techniques import Technique, register
+from harness.techniques import Technique, forget_generated, register
 from harness.tune.space import Float
 
 
@@ -28,6 +28,7 @@ class WeightNoise(Technique):
 
     @torch.no_grad()
     def begin_step(self, model, step, progress):
+        self.after_backward(model)  # a step that never reached its backward leaves no noise behind
         std = self.config.weight_noise_std
         if std == 0:
             return
@@ -38,8 +39,10 @@ class WeightNoise(Technique):
 
     @torch.no_grad()
     def after_backward(self, model):
-        for p, clean in self.clean:
+        for p, clean in reversed(self.clean):
             p.copy_(clean)
+        if self.clean:
+            forget_generated(model)
         self.clean = []
 
 
