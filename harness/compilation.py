@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.optim import zeropower_via_newtonschulz5
 
-RECOMPILE_LIMIT = 8  # torch's default: a graph recompiled more often is changing on every call
+_raised_by = 0  # what start() last added to torch.compile's recompile limit
 
 
 def start(enabled: bool, allowance: int = 0) -> None:
@@ -28,7 +28,10 @@ def start(enabled: bool, allowance: int = 0) -> None:
         return
     import torch._dynamo
 
-    torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT + allowance
+    global _raised_by
+    # relative to the limit as configured (torch's default, 8, or a caller's), the previous run's raise undone
+    torch._dynamo.config.recompile_limit += allowance - _raised_by
+    _raised_by = allowance
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     torch._dynamo.utils.clear_compilation_metrics()

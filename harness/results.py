@@ -201,14 +201,9 @@ def load_records(results_dir: Path) -> list[dict]:
     return [record for _, record in iter_records(results_dir)]
 
 
-TABLE_COLUMNS = ["run_id", "variant", "preset", "with", "budget_name", "seed", "status", "val_bpb_post_quant",
-                 "val_bpb", "val_loss_post_quant", "steps", "ms_per_step", "tokens_per_second", "mfu", "param_count",
+TABLE_COLUMNS = ["run_id", "variant", "preset", "budget_name", "seed", "status", "val_bpb_post_quant", "val_bpb",
+                 "val_loss_post_quant", "steps", "ms_per_step", "tokens_per_second", "mfu", "param_count",
                  "artifact_total_bytes", "train_seconds"]
-
-
-def technique_label(record: dict) -> str:
-    """'mtp+deep_supervision': the training-only techniques a run trained with ('' none)."""
-    return "+".join(str(t.get("name")) for t in record.get("techniques") or [] if isinstance(t, dict))
 
 
 def results_table(results_dir: Path, variant: str | None = None, budget: str | None = None,
@@ -216,7 +211,7 @@ def results_table(results_dir: Path, variant: str | None = None, budget: str | N
     """All run records as a polars DataFrame, best val_bpb (after quantization) first, failures last."""
     import polars as pl
 
-    rows = [{c: r.get(c) for c in TABLE_COLUMNS} | {"with": technique_label(r)} for r in load_records(results_dir)]
+    rows = [{c: r.get(c) for c in TABLE_COLUMNS} for r in load_records(results_dir)]
     schema = {c: pl.Float64 for c in ("val_bpb_post_quant", "val_bpb", "val_loss_post_quant", "ms_per_step",
                                       "tokens_per_second", "mfu", "train_seconds")}
     schema.update({c: pl.Int64 for c in ("seed", "steps", "param_count", "artifact_total_bytes")})
