@@ -446,8 +446,8 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
         from harness.techniques import TechniqueStack
         from harness.techniques.proof import proof_tables, prove
 
-        stack = TechniqueStack(applied, build_model(variant, config, args.seed, torch.device("cpu"), "fp32"), config,
-                               {"tables": proof_tables(config.vocab_size)})
+        # on the model already measured above: the stack's hooks change nothing that was counted
+        stack = TechniqueStack(applied, model, config, {"tables": proof_tables(config.vocab_size)})
         info["techniques"] = [{"name": s.name, **({"preset": s.preset} if s.preset else {}), "config": as_dict(c)}
                               for s, c in applied]
         info["technique_parameters"] = sum(p.numel() for p in stack.trainable())
