@@ -10,11 +10,12 @@ val_bpb gain per step at equal bytes, paid for in step time.
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from harness import recurrence
 from harness.config import param
 from harness.model import GPT, RecurrentGPTConfig
+from harness.recurrence import StepVectors
 from harness.registry import register
 
 
@@ -36,17 +37,18 @@ class DepthRecurrentGPT(GPT):
     def __init__(self, c: DepthRecurrenceConfig):
         super().__init__(c)
         self.per_pass = c.per_pass
-        init = torch.ones if c.per_pass == "scale" else torch.zeros
-        # One vector per effective depth; 1-D so Adam trains them and the artifact keeps them small.
-        self.pass_params = nn.ParameterList(
-            [nn.Parameter(init(c.model_dim)) for _ in self.order] if c.per_pass != "none" else [])
+        # One vector per effective depth (Adam trains them, see param_groups); a scale starts at 1, an embedding at 0.
+        if c.per_pass != "none":
+            self.pass_vectors = StepVectors(len(self.order), c.model_dim, init=1.0 if c.per_pass == "scale" else 0.0)
 
     def apply_block(self, depth: int, index: int, x: Tensor, x0: Tensor) -> Tensor:
         if self.per_pass == "embed":
-            return self.blocks[index](x + self.pass_params[depth].to(x.dtype), x0)
+            return self.blocks[index](self.pass_vectors(x, depth), x0)
         if self.per_pass == "scale":
-            return x + self.pass_params[depth].to(x.dtype) * (self.blocks[index](x, x0) - x)
+            return x + self.pass_vectors.at(depth, x.dtype) * (self.blocks[index](x, x0) - x)
         return self.blocks[index](x, x0)
+
+    param_groups = recurrence.param_groups
 
 
 register("depth_recurrence", config=DepthRecurrenceConfig, build=DepthRecurrentGPT, doc=__doc__, presets={

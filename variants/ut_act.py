@@ -14,15 +14,14 @@ per token (20 cost 2.2×). Expected: worse than the baseline per FLOP, far small
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from harness import recurrence
 from harness.config import param
-from harness.model import GPT, Block, CastedLinear, GPTConfig, rms_norm
-from harness.optim import ParamGroup, default_param_groups
+from harness.model import GPT, Block, GPTConfig
+from harness.recurrence import ACT, Halting, StepCount, StepVectors
 from harness.registry import register
 
 
@@ -39,56 +38,29 @@ class UniversalTransformer(GPT):
     def __init__(self, c: UTConfig):
         super().__init__(c, blocks=[Block(c)], order=[0])
         del self.skip_weights  # one shared block: no U-Net skips
-        self.step_emb = nn.Parameter(torch.zeros(c.max_ponder_steps, c.model_dim))
-        self.halt = CastedLinear(c.model_dim, 1, zero_init=True)
-        # Initial p = 1 / (2·(steps − 1)): every token runs all steps and the last state carries about half the
-        # output weight, so training starts from the deepest computation and the ponder cost trims it.
-        p0 = 1.0 / (2.0 * max(c.max_ponder_steps - 1, 1))
-        self.halt_bias = nn.Parameter(torch.tensor(math.log(p0 / (1.0 - p0))))
-        self.register_buffer("eval_steps", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.register_buffer("eval_tokens", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.step_emb = StepVectors(c.max_ponder_steps, c.model_dim)
+        self.halting = Halting(c.model_dim, c.max_ponder_steps)
+        self.eval_steps = StepCount()
 
     def forward(self, input_ids: Tensor):
         c = self.config
         x0 = self.embed(input_ids)
-        h, out = x0, torch.zeros_like(x0)
-        running = torch.ones(x0.shape[:2], dtype=torch.bool, device=x0.device)
-        summed_p = torch.zeros(x0.shape[:2], device=x0.device)
-        steps, remainder = torch.zeros_like(summed_p), torch.zeros_like(summed_p)
+        h, act = x0, ACT(x0, c.max_ponder_steps, c.act_epsilon)
         for n in range(c.max_ponder_steps):
-            step = self.blocks[0](h + self.step_emb[n].to(h.dtype), x0)
-            h = torch.where(running[..., None], step, h)  # halted tokens keep their state
-            p = torch.sigmoid(self.halt(rms_norm(h)).squeeze(-1).float() + self.halt_bias)
-            halts = running & ((summed_p + p >= 1.0 - c.act_epsilon) | (n == c.max_ponder_steps - 1))
-            weight = torch.where(halts, 1.0 - summed_p, torch.where(running, p, 0.0))
-            out = out + weight[..., None].to(h.dtype) * h
-            remainder = torch.where(halts, 1.0 - summed_p, remainder)
-            steps = steps + running.float()
-            summed_p = summed_p + torch.where(running & ~halts, p, 0.0)
-            running = running & ~halts
-        logits = self.logits(out)
+            h = act.keep(h, self.blocks[0](self.step_emb(h, n), x0))
+            act.update(h, self.halting(h), n)
+        logits = self.logits(act.out)
         if self.training:
-            return logits, {"ponder": c.ponder_weight * (steps + remainder).mean()}
-        with torch.no_grad():
-            self.eval_steps += steps.sum().double()
-            self.eval_tokens += steps.numel()
+            return logits, {"ponder": c.ponder_weight * act.ponder_cost()}
+        self.eval_steps.add(act.steps)
         return logits
 
-    def train(self, mode: bool = True):
-        if not mode:  # each evaluation starts by switching to eval mode: count its tokens afresh
-            self.eval_steps.zero_()
-            self.eval_tokens.zero_()
-        return super().train(mode)
-
     def metrics(self) -> dict[str, float]:
-        tokens = self.eval_tokens.item()
-        return {"mean_steps_per_token": self.eval_steps.item() / tokens} if tokens else {}
+        mean = self.eval_steps.mean()
+        return {} if mean is None else {"mean_steps_per_token": mean}
 
-    def param_groups(self, c: UTConfig) -> list[ParamGroup]:
-        """The baseline's split, except that the step embeddings and the halting row (2-D but vectors in
-        spirit) train with Adam rather than Muon."""
-        vectors = [self.step_emb, self.halt.weight]
-        return default_param_groups(self, c, ParamGroup("act_vectors", vectors, "adam", c.scalar_lr))
+    # Step embeddings and the halting row train with Adam, not Muon.
+    param_groups = recurrence.param_groups
 
 
 register("ut_act", config=UTConfig, build=UniversalTransformer, doc=__doc__,
