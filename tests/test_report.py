@@ -306,3 +306,26 @@ def test_sweep_and_study_records_get_their_own_sections(smoke_results, tmp_path)
     assert "sweep mla-latent (2 runs)" in sweeps and sweeps.count("<svg") == 2  # kv_latent_dim, seed
     studies = page[page.index('<section id="studies">'):page.index('<section id="runs">')]
     assert "study dr-study (2 runs)" in studies and studies.count("<svg") == 3  # history, size front, matrix_lr
+
+
+def test_a_run_page_shows_expert_metrics_as_a_table_by_layer():
+    from harness.report import render
+
+    metrics = {f"layer{layer}.expert_load.{e}": [0.1, 0.2, 0.3, 0.4][(e + layer) % 4]
+               for layer in range(2) for e in range(4)}
+    metrics.update({"layer0.router_entropy": 1.25, "layer1.router_entropy": 0.5, "layer0.experts_per_token": 2.0,
+                    "layer1.experts_per_token": 1.5, "experts_per_token": 1.75, "sparse_compute_fraction": 0.4375})
+    page = render.run_page({"run_id": "moe-run", "variant": "moe", "status": "ok", "variant_metrics": metrics},
+                           None, "../index.html")
+    table = page[page.index('<table class="sortable" id="experts">'):]
+    table = table[:table.index("</table>")]
+    headers = ["layer", "expert 0", "expert 1", "expert 2", "expert 3", "router entropy", "experts/token"]
+    assert all(f">{h}</th>" in table for h in headers)
+    assert table.count("<tr>") == 3  # the header and one row per layer
+    assert '<td class="t" data-v="1">1</td><td data-v="0.2">0.2000</td>' in table
+    assert '<td data-v="1.25">1.2500</td><td data-v="2.0">2.0000</td></tr>' in table
+    assert "variant metric: layer0" not in page  # the table replaces the per-key lines ...
+    assert "variant metric: experts_per_token" in page and "variant metric: sparse_compute_fraction" in page
+    plain = render.run_page({"run_id": "act", "variant": "ut_act", "variant_metrics": {"mean_steps_per_token": 3.5}},
+                            None, "../index.html")
+    assert 'id="experts"' not in plain and "variant metric: mean_steps_per_token" in plain

@@ -37,6 +37,7 @@ tr.baseline{background:#f2f2f2;font-weight:600}tr.unranked{color:#8a8a8a}
 pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:60vh;font-size:12px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px}dt{color:#555}dd{margin:0}
 details>summary{cursor:pointer;font-weight:600;margin:8px 0}
+.fit{display:inline-block}
 """
 
 # Click a header to sort by that column (numbers by their data-v value, text otherwise; empty cells last).
@@ -232,6 +233,32 @@ def dl(items: list[tuple[str, object]]) -> str:
     return "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items) + "</dl>"
 
 
+EXPERT_METRIC = re.compile(r"layer(\d+)\.(?:expert_load\.(\d+)|(router_entropy|experts_per_token))")
+
+
+def expert_table(metrics: dict) -> tuple[str, dict]:
+    """Per-layer expert statistics (`layerN.expert_load.E`, `layerN.router_entropy`, `layerN.experts_per_token`)
+    as one table, rows = layers; returns it ("" when the record has no expert loads) and the other metrics."""
+    layers: dict[int, dict[str, float]] = {}
+    rest = {}
+    for key, value in metrics.items():
+        match = EXPERT_METRIC.fullmatch(key)
+        if match:
+            layers.setdefault(int(match[1]), {})[match[2] or match[3]] = value
+        else:
+            rest[key] = value
+    experts = sorted({int(k) for row in layers.values() for k in row if k.isdigit()})
+    if not experts:
+        return "", metrics
+    headers = ([("layer", "block index")]
+               + [(f"expert {e}", f"expert {e}'s share of the layer's routed assignments") for e in experts]
+               + [("router entropy", "mean over tokens, nats"), ("experts/token", "mean experts a token used")])
+    rows = ["<tr>" + cell(layer, str(layer), "t") + "".join(cell(row.get(str(e))) for e in experts)
+            + cell(row.get("router_entropy")) + cell(row.get("experts_per_token")) + "</tr>"
+            for layer, row in sorted(layers.items())]
+    return f'<h3>Experts</h3><div class="fit">{table(headers, rows, "experts")}</div>', rest
+
+
 def run_page(record: dict, run_dir: Path | None, back: str) -> str:
     """One run: what was run, where, what it scored, what the artifact holds, and the end of its log."""
     config = record.get("config") or {}
@@ -244,13 +271,14 @@ def run_page(record: dict, run_dir: Path | None, back: str) -> str:
         parts.append(f"<p>note: {esc(record['note'])}</p>")
     if record.get("error"):
         parts.append(f'<p class="flag">error: {esc(record["error"])}</p>')
+    experts, variant_metrics = expert_table(record.get("variant_metrics") or {})
     parts.append("<h2>Scores</h2>" + dl([(k, number(record[k]) if isinstance(record[k], int | float)
                                            else record[k]) for k in (
         "val_bpb_post_quant", "val_loss_post_quant", "val_bpb", "val_loss", "tokens_per_byte", "val_tokens",
         "steps", "tokens_seen", "train_seconds", "ms_per_step", "tokens_per_second", "mfu", "eval_seconds",
         "eval_seconds_post_quant", "peak_memory_bytes", "diverged_step") if record.get(k) is not None]
-                                        + [(f"variant metric: {k}", v)
-                                           for k, v in (record.get("variant_metrics") or {}).items()]))
+                                        + [(f"variant metric: {k}", v) for k, v in variant_metrics.items()])
+                 + experts)
     cap = record.get("artifact_cap_bytes")
     total = record.get("artifact_total_bytes")
     headroom = f"{cap - total:,} bytes under the cap" if cap and total and total <= cap else \
