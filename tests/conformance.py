@@ -36,6 +36,18 @@ OPTIONS = [
     ("pause_tokens", "p8i32", {"pause_interval": 12, "delay_readout": True}),
     ("basis_sharing", "output_basis_r64", {"group_size": 1}),
     ("basis_sharing", "input_basis_r64", {"group_size": 1, "shared_kinds": ("q", "o", "proj")}),  # shared zero-init C
+    ("attention_budget", "swa", {"window": 8, "global_every": 2, "budget_from_embedding": True}),  # band < 32
+    ("attention_budget", "span", {"max_span": 16, "span_ramp": 8, "window": 64}),  # spans bite; span + band
+    ("memory_slots", None, {"mode": "running", "memory_every": 2}),
+    ("memory_slots", "s32", {"chunk_len": 12}),  # several chunks in 32-token tests, the last one partial
+    ("resonance", "m8", {"pool": "chunked", "chunk_len": 8}),  # chunk boundaries at the probes 7|8, 63|64, 127|128
+    ("moh", None, {"num_heads": 4}),  # at 2 test heads no head is shared: 1 shared + top-2 of 3 routed
+    ("mod", "c50", {"route_layers": (0,)}),  # block 0 routed, the next one full: the other interleaving
+    ("hourglass", None, {"num_layers": 3, "outer_layers": 1, "shorten_factor": 3, "pool": "linear",
+                         "upsample": "linear"}),  # outer layers at test depth; 32 tokens not divisible by 3
+    ("token_pooling", None, {"num_layers": 3, "outer_layers": 1}),  # boundaries read a full-resolution layer
+    ("feedback", None, {"chunk_len": 8}),  # memory read in 32-token tests; chunk edges at the probes 7|8, 63|64
+    ("micro", None, {"balance_weight": 0.01}),  # top-1 specialists with the Switch balancing loss
 ]
 
 
@@ -67,7 +79,7 @@ def tiny(name: str, preset: str | None = None, **changes):
 
 # Compile checks build each configuration at the least depth it allows: compile time grows with the unrolled
 # graph, and a preset's kind of graph does not change with its depth or step count.
-COMPILE_SIZE = {"max_ponder_steps": 2}
+COMPILE_SIZE = {"max_ponder_steps": 2, "loops": 2, "unique_layers": 1}
 
 
 def compile_size(name: str, preset: str | None = None, **changes):

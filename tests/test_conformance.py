@@ -29,6 +29,23 @@ def test_logits_are_finite_and_shaped(tiny_model):
     assert cf.shape_problems(model, config) == []
 
 
+def test_evaluation_metrics_are_finite_numbers(tiny_model):
+    """What metrics() reports after an evaluation goes into the record: plain finite floats, counted afresh."""
+    from harness import hooks
+
+    _, config, model = tiny_model
+    model.eval()
+    cf.logits_of(model, cf.random_tokens(config))
+    first = hooks.metrics(model)
+    cf.logits_of(model, cf.random_tokens(config, seed=1))
+    model.train()
+    model.eval()
+    cf.logits_of(model, cf.random_tokens(config))
+    assert all(isinstance(v, float) and math.isfinite(v) for v in first.values()), first
+    assert hooks.metrics(model) == first  # a new evaluation starts its counts from zero
+    model.train()
+
+
 def test_logits_never_see_the_future(tiny_model):
     _, config, model = tiny_model
     assert cf.causality_problems(model, config) == []

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conformance import all_configs, config_id
+from conformance import all_configs, config_id, structure
 from test_cli_errors import assert_one_line_error
 
 from conftest import REPO, harness_cli, harness_main, write_budget
@@ -50,7 +50,18 @@ def test_every_cheater_in_the_folder_is_tested():
     assert {p.stem for p in CHEATERS.glob("*.py")} == set(CAUGHT_BY) | set(PATCH_THE_HARNESS)
 
 
-@pytest.mark.parametrize("name,preset,changes", all_configs(), ids=[config_id(*c) for c in all_configs()])
+def own_structures() -> list[tuple]:
+    """Every family's defaults and each preset with code paths of its own (presets that differ from another
+    only in sizes share one): the options no preset turns on pass test_conformance's checks."""
+    seen: dict[tuple, tuple] = {}
+    for name, preset, changes in all_configs():
+        if not changes:
+            variant, _ = get_variant(name)
+            seen.setdefault(structure(variant, variant.resolve(preset, None, {})), (name, preset, changes))
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("name,preset,changes", own_structures(), ids=[config_id(*c) for c in own_structures()])
 def test_every_family_passes_every_check(name, preset, changes):
     variant, _ = get_variant(name)
     budget = load_budget("smoke")
