@@ -4,8 +4,12 @@
     python bench/variants.py --configs mla:gqa_latent64 eigenweight:r128 --seeds 2
 
 For each configuration: `show --json` gives the stored parameter count and the int8+zlib artifact bytes of
-the default-size model at initialisation (no budget); then `run --budget smoke` trains it for the smoke
-budget's minute on this machine and the record gives val_bpb (after the int8 round trip) and tokens/s.
+the default-size model at initialisation (no budget); torch's FlopCounterMode counts the FLOPs of one
+evaluation forward per token at that size on a 1,024-token sequence, attention over the full T×T scores as the
+record's MFU counts it, and also as a multiple of the baseline's: what a dense implementation computes, so
+masked-out experts, heads and skipped tokens are included (the families report the fraction a sparse kernel
+would run in their metrics). Then `run --budget smoke` trains it for the smoke budget's minute on this machine
+and the record gives val_bpb (after the int8 round trip) and tokens/s.
 Prints a Markdown table (medians over seeds). Run it alone: other load on the machine changes tokens/s.
 """
 
@@ -34,6 +38,24 @@ def median(records: list[dict], key: str):
     return statistics.median(values) if values else None
 
 
+def eval_flops_per_token(config: str, seq_len: int = 1024) -> int:
+    """FLOPs of one evaluation forward per token, at the family's default (full) size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.hardware import _cpu_flash_fwd
+    from harness.registry import get_variant
+
+    variant, preset = get_variant(config)
+    torch.manual_seed(0)
+    model = variant.build(variant.resolve(preset, None, {})).eval()
+    x = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd}) as counter:
+        model(x)
+    return counter.get_total_flops() // seq_len
+
+
 def main() -> None:
     from harness.registry import known_variant_names
 
@@ -48,9 +70,10 @@ def main() -> None:
         for config in configs:
             shown = harness("show", config, "--json")
             if shown.returncode:
-                rows.append((config, None, None, None, None, None, shown.stderr.strip()))
+                rows.append((config, None, None, None, None, None, None, shown.stderr.strip()))
                 continue
             info = json.loads(shown.stdout)
+            flops = eval_flops_per_token(config)
             records = []
             for seed in range(args.seeds):
                 out = Path(tmp) / f"{config.replace(':', '_')}-{seed}"
@@ -63,15 +86,18 @@ def main() -> None:
                     print(f"{config}: {done.stderr.strip()[-300:]}", file=sys.stderr)
 
             status = ",".join(sorted({r["status"] for r in records})) or "no record"
-            rows.append((config, info["stored_param_count"], info["artifact_total_bytes_at_init"],
+            rows.append((config, info["stored_param_count"], info["artifact_total_bytes_at_init"], flops,
                          median(records, "val_bpb_post_quant"), median(records, "tokens_per_second"),
                          median(records, "steps"), status))
             print(f"done {config}: {rows[-1]}", file=sys.stderr, flush=True)
-    print(f"| configuration | stored numbers (default size) | artifact bytes at init | {args.budget} val_bpb "
-          f"| {args.budget} tokens/s | steps | status |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for config, stored, size, bpb, tps, steps, status in rows:
+    base = next((row[3] for row in rows if row[0] == "baseline" and row[3]), None)
+    print(f"| configuration | stored numbers (default size) | artifact bytes at init | eval FLOPs/token "
+          f"(× baseline) | {args.budget} val_bpb | {args.budget} tokens/s | steps | status |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for config, stored, size, flops, bpb, tps, steps, status in rows:
+        ratio = f" (×{flops / base:.2f})" if flops and base else ""
         cells = [f"{stored:,}" if stored else "–", f"{size:,}" if size else "–",
+                 f"{flops / 1e6:,.1f}M{ratio}" if flops else "–",
                  f"{bpb:.4f}" if bpb else "–", f"{tps:,.0f}" if tps else "–", f"{steps:.0f}" if steps else "–"]
         print(f"| `{config}` | {' | '.join(cells)} | {status} |")
 
