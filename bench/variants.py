@@ -2,6 +2,7 @@
 
     python bench/variants.py                      # every family at its defaults, one smoke run each
     python bench/variants.py --configs mla:gqa_latent64 eigenweight:r128 --seeds 2
+    python bench/variants.py --presets --max-steps 1   # every preset of every family, one step each
 
 For each configuration: `show --json` gives the stored parameter count and the int8+zlib artifact bytes of
 the default-size model at initialisation (no budget); torch's FlopCounterMode counts the FLOPs of one
@@ -63,8 +64,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", help="name or name:preset (default: every family's defaults)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--budget", default="smoke")
+    parser.add_argument("--presets", action="store_true", help="each family's presets too (or those of --configs)")
+    parser.add_argument("--max-steps", type=int, help="cap each run at this many steps (the record says so)")
     args = parser.parse_args()
     configs = args.configs or ["baseline"] + [n for n in known_variant_names() if n != "baseline"]
+    if args.presets:
+        from harness.registry import get_variant
+
+        configs = [c for name in configs for c in [name] + [f"{name}:{p}" for p in get_variant(name)[0].presets]]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in configs:
@@ -77,8 +84,9 @@ def main() -> None:
             records = []
             for seed in range(args.seeds):
                 out = Path(tmp) / f"{config.replace(':', '_')}-{seed}"
+                cap = ["--max-steps", str(args.max_steps)] if args.max_steps else []
                 done = harness("run", "--variant", config, "--budget", args.budget, "--seed", str(seed), "--quiet",
-                               env={"HARNESS_RESULTS_DIR": str(out)})
+                               *cap, env={"HARNESS_RESULTS_DIR": str(out)})
                 found = list(out.glob("*/run.json"))
                 if found:
                     records.append(json.loads(found[0].read_text()))
