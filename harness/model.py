@@ -158,14 +158,18 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((c.num_heads,), c.qk_gain_init))
         self.rotary = Rotary(self.head_dim, c.rope_base)
 
+    def heads_first(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q: (B, T, H, D); k, v: (B, T, Hkv, D) → the same as (B, heads, T, D), q and k RMS-normed and rotated, q
+        scaled by its per-head gain: what every attention of the baseline's kind feeds to its kernel."""
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        cos, sin = self.rotary(q.size(2), q.device, q.dtype)
+        q, k = apply_rotary(rms_norm(q), cos, sin), apply_rotary(rms_norm(k), cos, sin)
+        return q * self.q_gain.to(q.dtype)[None, :, None, None], k, v
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q: (B, T, H, D); k, v: (B, T, Hkv, D) → (B, T, H·D). Shared by variants that build q/k/v their own way."""
         bsz, seqlen = q.shape[:2]
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = rms_norm(q), rms_norm(k)
-        cos, sin = self.rotary(seqlen, q.device, q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        q, k, v = self.heads_first(q, k, v)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
         return y.transpose(1, 2).reshape(bsz, seqlen, -1)
 

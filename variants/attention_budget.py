@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.config import param
-from harness.model import GPT, Block, CausalSelfAttention, GPTConfig, apply_rotary, rms_norm
+from harness.model import GPT, Block, CausalSelfAttention, GPTConfig, rms_norm
 from harness.optim import ParamGroup, default_param_groups
 from harness.registry import register
 
@@ -74,11 +74,7 @@ class BudgetAttention(CausalSelfAttention):
         if not self.window and self.span is None:
             return super().attend(q, k, v)
         bsz, seqlen = q.shape[:2]
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = rms_norm(q), rms_norm(k)
-        cos, sin = self.rotary(seqlen, q.device, q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        q, k, v = self.heads_first(q, k, v)
         pos = torch.arange(seqlen, device=q.device)
         distance = pos[:, None] - pos[None, :]
         mask = (distance >= 0) & (distance < (self.window or seqlen))  # causal, banded with a window

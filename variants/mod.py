@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from harness.config import param
 from harness.errors import UserError
-from harness.model import GPT, Block, CastedLinear, CausalSelfAttention, GPTConfig, apply_rotary, rms_norm
+from harness.model import GPT, Block, CastedLinear, CausalSelfAttention, GPTConfig, rms_norm
 from harness.optim import ParamGroup, default_param_groups
 from harness.registry import register
 
@@ -78,10 +78,7 @@ class SelectedAttention(CausalSelfAttention):
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         bsz, seqlen, _ = x.shape
         dim = self.head_dim
-        q, k, v = (lin(x).reshape(bsz, seqlen, -1, dim).transpose(1, 2) for lin in (self.c_q, self.c_k, self.c_v))
-        cos, sin = self.rotary(seqlen, q.device, q.dtype)
-        q, k = apply_rotary(rms_norm(q), cos, sin), apply_rotary(rms_norm(k), cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        q, k, v = self.heads_first(*(lin(x).reshape(bsz, seqlen, -1, dim) for lin in (self.c_q, self.c_k, self.c_v)))
         # After the gain, so its sign cannot flip the mask: score += 1·(−MASK_SCORE·√D) · D^−½ on skipped keys.
         skip = (~keep).to(k.dtype)[:, None, :, None].expand(-1, self.num_kv_heads, -1, -1) * (-MASK_SCORE * dim ** 0.5)
         q = torch.cat((q, torch.ones_like(q[..., :1]), torch.zeros_like(q[..., 1:MASK_PAD])), dim=-1)
