@@ -4,6 +4,13 @@ The architecture follows parameter-golf's train_gpt.py: tied embeddings, RMS-nor
 q/k RMSNorm, RoPE and a learned per-head q gain, relu² MLPs, learned residual mixes with the block-0 input,
 U-Net skips and tanh-soft-capped logits. Variants import from here and change only what is new about them.
 The model returns logits; the harness computes every loss and metric from them.
+
+Model options every family inherits through these pieces (GPTConfig's fields; the defaults are the baseline's):
+the MLP activation (relu², SwiGLU and GeGLU at a hidden width that keeps parameters and FLOPs equal, GELU,
+leaky-relu²), the norm (RMSNorm or LayerNorm, both without learned gains as in the baseline), the residual
+branch scales (a vector per branch as in the baseline, a scalar, or none), QK-norm, partial RoPE and its base,
+and CoPE (contextual position encoding) in place of RoPE. A family whose own code replaces the piece an option
+lives in refuses a non-default value of it (`ignored_options`) instead of silently training without it.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from harness.config import param
 from harness.errors import UserError
 
 # Small "control" tensors: kept in fp32 in the artifact and trained with Adam even when 2-D (resid_mix).
-CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight")
+CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight", "cope_pos")
+GLU_ACTIVATIONS = ("swiglu", "geglu")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,20 @@ class GPTConfig:
     adam_eps: float = param(1e-8, "Adam epsilon", low=0.0)
     grad_clip_norm: float = param(0.0, "global gradient-norm clip (0 = off)", low=0.0)
     warmdown_steps: int = param(1200, "steps of linear LR decay to 0, timed to end at the wallclock cap", low=0)
+    # Model options (module docstring). Left at their defaults they leave the model and the run id unchanged.
+    mlp_activation: str = param("relu2", "MLP activation; swiglu/geglu use 2/3 of the hidden width so parameters "
+                                "and FLOPs stay equal", choices=("relu2", "swiglu", "geglu", "gelu", "leaky_relu2"))
+    norm: str = param("rms", "normalisation of the residual stream (no learned gain either way)",
+                      choices=("rms", "layer"))
+    residual_scale: str = param("vector", "learned scale on each block branch: per channel, one scalar, or none",
+                                choices=("vector", "scalar", "none"))
+    qk_norm: bool = param(True, "RMS-normalise queries and keys per head before attention")
+    position: str = param("rope", "position encoding: rotary, or CoPE (contextual positions; explicit attention "
+                          "matrix, no flash kernel)", choices=("rope", "cope"))
+    rope_fraction: float = param(1.0, "share of each head's dimensions that RoPE rotates (0 = no positions)",
+                                 low=0.0, high=1.0)
+    cope_positions: int = param(64, "CoPE: largest contextual position (positions beyond are clamped)",
+                                low=2, high=65536)
 
     def check(self) -> None:
         """Constraints between fields (each field's own range is checked from its declaration)."""
@@ -57,6 +79,15 @@ class GPTConfig:
         if (self.model_dim // self.num_heads) % 2:
             raise UserError(f"head dim {self.model_dim // self.num_heads} must be even for RoPE; "
                             f"change --model-dim or --num-heads")
+        if self.position != "rope" and self.rope_fraction != 1.0:
+            raise UserError(f"--rope-fraction {self.rope_fraction} applies to --position rope only; "
+                            f"CoPE replaces RoPE (drop one of the two)")
+
+
+# The options above, with the pieces of this file that carry them: a model none of whose modules of that kind
+# runs the shared code ignores the option (see ignored_options).
+MODEL_OPTIONS = ("mlp_activation", "norm", "residual_scale", "qk_norm", "position", "rope_fraction",
+                 "cope_positions")
 
 
 @dataclass(frozen=True)
@@ -79,14 +110,27 @@ class RecurrentGPTConfig(GPTConfig):
             raise UserError(f"--repeat-layers {','.join(map(str, self.repeat_layers))} names a layer twice")
 
 
+def mlp_hidden(c: GPTConfig) -> int:
+    """The MLP's hidden width: mlp_mult·model_dim, or 2/3 of it for a gated (GLU) activation, whose three
+    matrices then hold the numbers (and cost the FLOPs) of the two (1,048,576 vs 1,049,088 at width 512)."""
+    hidden = c.mlp_mult * c.model_dim
+    return round(2 * hidden / 3) if c.mlp_activation in GLU_ACTIVATIONS else hidden
+
+
 def block_matrix_shapes(c: GPTConfig) -> dict[str, tuple[int, int]]:
-    """(out, in) of each kind of block matrix, as Block builds them."""
-    d, kv, hidden = c.model_dim, c.num_kv_heads * (c.model_dim // c.num_heads), c.mlp_mult * c.model_dim
-    return {"q": (d, d), "k": (kv, d), "v": (kv, d), "o": (d, d), "fc": (hidden, d), "proj": (d, hidden)}
+    """(out, in) of each kind of block matrix, as Block builds them ("gate" only with a GLU activation)."""
+    d, kv, hidden = c.model_dim, c.num_kv_heads * (c.model_dim // c.num_heads), mlp_hidden(c)
+    shapes = {"q": (d, d), "k": (kv, d), "v": (kv, d), "o": (d, d), "fc": (hidden, d), "proj": (d, hidden)}
+    return {**shapes, "gate": (hidden, d)} if c.mlp_activation in GLU_ACTIVATIONS else shapes
 
 
 def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
+
+
+def normalize(x: Tensor, kind: str = "rms") -> Tensor:
+    """The residual stream's norm: RMSNorm (the baseline) or LayerNorm, neither with a learned gain."""
+    return rms_norm(x) if kind == "rms" else F.layer_norm(x, (x.size(-1),))
 
 
 def round_to_bf16_(t: Tensor) -> Tensor:
@@ -140,9 +184,38 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    """Rotate the first 2·cos.size(-1) dimensions of x (all of them with full RoPE); the rest pass unchanged."""
+    half = cos.size(-1)
+    rotated = x[..., :2 * half] if 2 * half < x.size(-1) else x
+    x1, x2 = rotated[..., :half], rotated[..., half:]
+    out = torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    return out if rotated is x else torch.cat((out, x[..., 2 * half:]), dim=-1)
+
+
+def rotary_dims(c: GPTConfig) -> int:
+    """How many of a head's dimensions RoPE rotates: an even share rope_fraction of them (0: none)."""
+    return 0 if c.position != "rope" else 2 * round(c.model_dim // c.num_heads * c.rope_fraction / 2)
+
+
+def cope_attention(q: Tensor, k: Tensor, v: Tensor, pos_emb: Tensor) -> Tensor:
+    """Causal attention with contextual positions (CoPE, Golovneva et al. 2024, arXiv 2405.18719). q: (B, H, T,
+    D); k, v: (B, H, T, D); pos_emb: (P, D). Key j's position seen from query i is the sum of the gates
+    sigmoid(q_i·k_m) over m = j..i, a fractional count of the keys since j that the query attends to; its
+    embedding is interpolated between the two nearest of P learned ones, and q_i·e(p_ij) joins the logit. Only
+    keys up to i enter a query's row, so it is causal; the T×T matrix is explicit (no flash kernel)."""
+    t = q.size(-2)
+    scores = (q @ k.transpose(-1, -2)) / q.size(-1) ** 0.5
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    gates = torch.sigmoid(scores)  # 0 on future keys
+    positions = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=pos_emb.size(0) - 1)
+    per_position = q @ pos_emb.to(q.dtype).t()  # (B, H, T, P): q_i · e_p for every integer position p
+    low = positions.floor()
+    frac = positions - low
+    low = low.long()
+    high = (low + 1).clamp(max=pos_emb.size(0) - 1)
+    scores = scores + per_position.gather(-1, low) * (1 - frac) + per_position.gather(-1, high) * frac
+    return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
 
 
 class CausalSelfAttention(nn.Module):
@@ -156,21 +229,34 @@ class CausalSelfAttention(nn.Module):
         self.c_v = linear("v", c.model_dim, kv_dim, False)
         self.proj = linear("o", c.model_dim, c.model_dim, True)
         self.q_gain = nn.Parameter(torch.full((c.num_heads,), c.qk_gain_init))
-        self.rotary = Rotary(self.head_dim, c.rope_base)
+        self.qk_norm = c.qk_norm
+        rotated = rotary_dims(c)
+        self.rotary = Rotary(rotated, c.rope_base) if rotated else None
+        if c.position == "cope":  # zero-initialised as in the paper: training starts position-free
+            self.cope_pos = nn.Parameter(torch.zeros(c.cope_positions, self.head_dim))
 
     def heads_first(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q: (B, T, H, D); k, v: (B, T, Hkv, D) → the same as (B, heads, T, D), q and k RMS-normed and rotated, q
         scaled by its per-head gain: what every attention of the baseline's kind feeds to its kernel."""
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        cos, sin = self.rotary(q.size(2), q.device, q.dtype)
-        q, k = apply_rotary(rms_norm(q), cos, sin), apply_rotary(rms_norm(k), cos, sin)
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        if self.rotary is not None:
+            cos, sin = self.rotary(q.size(2), q.device, q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q * self.q_gain.to(q.dtype)[None, :, None, None], k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q: (B, T, H, D); k, v: (B, T, Hkv, D) → (B, T, H·D). Shared by variants that build q/k/v their own way."""
         bsz, seqlen = q.shape[:2]
         q, k, v = self.heads_first(q, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+        if hasattr(self, "cope_pos"):
+            groups = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            y = cope_attention(q, k, v, self.cope_pos)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               enable_gqa=self.num_kv_heads != self.num_heads)
         return y.transpose(1, 2).reshape(bsz, seqlen, -1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -181,16 +267,32 @@ class CausalSelfAttention(nn.Module):
         return self.proj(self.attend(q, k, v))
 
 
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu2": lambda h: torch.relu(h).square(),
+    "leaky_relu2": lambda h: F.leaky_relu(h, 0.5).square(),  # slope 0.5 on negatives, then squared
+    "gelu": lambda h: F.gelu(h, approximate="tanh"),
+    "swiglu": F.silu,  # of the gate, times the up projection
+    "geglu": lambda h: F.gelu(h, approximate="tanh"),
+}
+
+
 class MLP(nn.Module):
-    """relu² MLP (from modded-nanogpt) with a zero-initialised output projection."""
+    """relu² MLP (from modded-nanogpt) with a zero-initialised output projection, or another activation
+    (GPTConfig.mlp_activation); a gated one adds a "gate" matrix at 2/3 of the hidden width (mlp_hidden)."""
 
     def __init__(self, c: GPTConfig, linear: LinearFactory = casted_linear):
         super().__init__()
-        self.fc = linear("fc", c.model_dim, c.mlp_mult * c.model_dim, False)
-        self.proj = linear("proj", c.mlp_mult * c.model_dim, c.model_dim, True)
+        hidden = mlp_hidden(c)
+        self.activation = c.mlp_activation
+        self.fc = linear("fc", c.model_dim, hidden, False)
+        if c.mlp_activation in GLU_ACTIVATIONS:
+            self.gate = linear("gate", c.model_dim, hidden, False)
+        self.proj = linear("proj", hidden, c.model_dim, True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        act = ACTIVATIONS[self.activation]
+        h = act(self.gate(x)) * self.fc(x) if self.activation in GLU_ACTIVATIONS else act(self.fc(x))
+        return self.proj(h)
 
 
 class Block(nn.Module):
@@ -199,15 +301,22 @@ class Block(nn.Module):
         super().__init__()
         self.attn = attn if attn is not None else CausalSelfAttention(c, linear)
         self.mlp = mlp if mlp is not None else MLP(c, linear)
-        self.attn_scale = nn.Parameter(torch.ones(c.model_dim))
-        self.mlp_scale = nn.Parameter(torch.ones(c.model_dim))
+        self.norm = c.norm
+        scale = {"vector": c.model_dim, "scalar": 1, "none": 0}[c.residual_scale]
+        self.attn_scale = nn.Parameter(torch.ones(scale)) if scale else None
+        self.mlp_scale = nn.Parameter(torch.ones(scale)) if scale else None
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(c.model_dim), torch.zeros(c.model_dim))))
 
     def forward(self, x: Tensor, x0: Tensor) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x))
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+        x = x + scaled(self.attn_scale, self.attn(normalize(x, self.norm)))
+        return x + scaled(self.mlp_scale, self.mlp(normalize(x, self.norm)))
+
+
+def scaled(scale: Tensor | None, branch: Tensor) -> Tensor:
+    """A block branch times its learned scale (GPTConfig.residual_scale; None: unscaled)."""
+    return branch if scale is None else scale.to(branch.dtype) * branch
 
 
 class GPT(nn.Module):
@@ -230,7 +339,7 @@ class GPT(nn.Module):
         round_to_bf16_(nn.init.normal_(self.tok_emb.weight, mean=0.0, std=c.tied_embed_init_std))
 
     def embed(self, input_ids: Tensor) -> Tensor:
-        return rms_norm(self.tok_emb(input_ids))
+        return normalize(self.tok_emb(input_ids), self.config.norm)
 
     def run_blocks(self, x: Tensor) -> Tensor:
         """Apply the blocks in `self.order` with U-Net skips: the first half stores, the second adds back."""
@@ -249,9 +358,30 @@ class GPT(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """Final RMSNorm, tied head, tanh soft cap."""
-        logits = F.linear(rms_norm(x), self.tok_emb.weight.to(x.dtype))
+        logits = F.linear(normalize(x, self.config.norm), self.tok_emb.weight.to(x.dtype))
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.logits(self.run_blocks(self.embed(input_ids)))
+
+
+def ignored_options(model: nn.Module, c: GPTConfig) -> list[str]:
+    """The model options set away from their defaults that no module of `model` carries out: each lives in a
+    piece of this file (the MLP, the Block's forward, the attention's forward or its q/k preparation), and a
+    family whose own subclass replaces that piece does not honour it. Returns the flags, e.g. ["--norm layer"]."""
+    defaults = GPTConfig()
+    modules = list(model.modules())
+
+    def runs(base: type, *methods: str) -> bool:  # every module of that kind runs the shared code
+        kind = [m for m in modules if isinstance(m, base)]
+        return bool(kind) and all(getattr(type(m), name) is getattr(base, name) for m in kind for name in methods)
+
+    runs_mlp, runs_block, runs_attention = runs(MLP, "forward"), runs(Block, "forward"), runs(
+        CausalSelfAttention, "forward", "attend", "heads_first")
+    runs_gpt = isinstance(model, GPT) and type(model).embed is GPT.embed and type(model).logits is GPT.logits
+    where = {"mlp_activation": runs_mlp, "norm": runs_block and runs_gpt, "residual_scale": runs_block,
+             "qk_norm": runs_attention, "position": runs_attention, "rope_fraction": runs_attention,
+             "cope_positions": runs_attention}
+    return [f"--{name.replace('_', '-')} {getattr(c, name)}" for name in MODEL_OPTIONS
+            if getattr(c, name, getattr(defaults, name)) != getattr(defaults, name) and not where[name]]

@@ -36,6 +36,7 @@ class Variant:
     source_file: Path | None = None
     space: dict[str, Any] = field(default_factory=dict)  # harness.tune.space dimensions over config fields
     graph_breaks: str = ""  # why the model cannot compile as one graph (empty: it compiles with fullgraph=True)
+    data: str = "tokens"  # "bytes": it reads the byte form of the budget's dataset (harness/data/bytes.py)
 
     def construct(self, config: Any, seconds_limit: float | None = None) -> nn.Module:
         """The model, built as every build must be: from the config and the seed alone, without training, within
@@ -43,7 +44,14 @@ class Variant:
         from harness.guard import building
 
         with building(self.name, seconds_limit):
-            return self.build(config)
+            model = self.build(config)
+        from harness.model import GPTConfig, ignored_options
+
+        ignored = ignored_options(model, config) if isinstance(config, GPTConfig) else []
+        if ignored:
+            raise UserError(f"{ignored[0]} does not apply to variant {self.name!r}: its own code replaces the shared "
+                            f"piece that option changes; leave it at its default")
+        return model
 
     @property
     def source_sha256(self) -> str | None:
@@ -89,12 +97,15 @@ RESERVED_FIELD_NAMES = frozenset({
 
 
 def register(name: str, config: type, build: Callable[[Any], nn.Module], presets: dict | None = None,
-             doc: str = "", space: dict | None = None, graph_breaks: str = "") -> Variant:
+             doc: str = "", space: dict | None = None, graph_breaks: str = "", data: str = "tokens") -> Variant:
     """Called once by each variant file: its family name, config dataclass, builder, named presets, the
-    search space `tune` explores (on top of the optimizer's; see harness/tune/space.py) and, for a model that
-    cannot compile as one graph, why not (it then compiles with graph breaks, which the record counts)."""
+    search space `tune` explores (on top of the optimizer's; see harness/tune/space.py), for a model that
+    cannot compile as one graph, why not (it then compiles with graph breaks, which the record counts), and
+    for a byte-level model data="bytes" (it trains and is scored on the byte form of the budget's dataset)."""
     from harness.tune.space import check
 
+    if data not in ("tokens", "bytes"):
+        raise UserError(f"variant {name!r}: data={data!r}; a model reads \"tokens\" or \"bytes\"")
     if not dataclasses.is_dataclass(config):
         raise UserError(f"variant {name!r}: config must be a dataclass")
     clash = sorted({f.name for f in dataclasses.fields(config)} & RESERVED_FIELD_NAMES)
@@ -106,7 +117,7 @@ def register(name: str, config: type, build: Callable[[Any], nn.Module], presets
     existing = _REGISTRY.get(name)
     if existing is not None and existing.source_file != caller:
         raise UserError(f"variant {name!r} is registered twice: {existing.source_file} and {caller}")
-    variant = Variant(name, config, build, dict(presets or {}), doc, caller, dict(space or {}), graph_breaks)
+    variant = Variant(name, config, build, dict(presets or {}), doc, caller, dict(space or {}), graph_breaks, data)
     _REGISTRY[name] = variant
     return variant
 

@@ -48,6 +48,12 @@ OPTIONS = [
     ("token_pooling", None, {"num_layers": 3, "outer_layers": 1}),  # boundaries read a full-resolution layer
     ("feedback", None, {"chunk_len": 8}),  # memory read in 32-token tests; chunk edges at the probes 7|8, 63|64
     ("micro", None, {"balance_weight": 0.01}),  # top-1 specialists with the Switch balancing loss
+    ("shared", None, {"num_layers": 4, "share_pattern": "cycle"}),  # MLPs 0,1,0,1: sharing across non-neighbours
+    # The shared model options, on the baseline (every family that uses the shared pieces inherits them):
+    ("baseline", None, {"mlp_activation": "swiglu", "norm": "layer", "residual_scale": "scalar"}),
+    ("baseline", None, {"mlp_activation": "geglu", "qk_norm": False, "rope_fraction": 0.5, "residual_scale": "none"}),
+    ("baseline", "mqa", {"mlp_activation": "leaky_relu2", "position": "cope", "cope_positions": 8}),  # clamped
+    ("baseline", None, {"mlp_activation": "gelu", "rope_fraction": 0.0}),  # no positions at all (NoPE)
 ]
 
 

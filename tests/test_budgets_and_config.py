@@ -61,7 +61,8 @@ def test_common_flags_are_pinned():
         "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "rope_base",
         "logit_softcap", "qk_gain_init", "tied_embed_init_std", "matrix_lr", "scalar_lr", "tied_embed_lr",
         "muon_momentum", "muon_momentum_warmup_start", "muon_momentum_warmup_steps", "muon_backend_steps",
-        "beta1", "beta2", "adam_eps", "grad_clip_norm", "warmdown_steps"]
+        "beta1", "beta2", "adam_eps", "grad_clip_norm", "warmdown_steps", "mlp_activation", "norm",
+        "residual_scale", "qk_norm", "position", "rope_fraction", "cope_positions"]
     for f in dataclasses.fields(GPTConfig):
         assert f.metadata.get("help"), f"{f.name} has no help text"
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from harness.config import param
 from harness.errors import UserError
 from harness.hooks import GeneratedWeights
-from harness.model import GPT, Block, GPTConfig
+from harness.model import GLU_ACTIVATIONS, GPT, Block, GPTConfig
 from harness.optim import ParamGroup
 from harness.registry import register
 
@@ -41,6 +41,9 @@ class HypernetworkConfig(GPTConfig):
         if self.basis_dim < self.rank:
             raise UserError(f"--basis-dim {self.basis_dim} is below --rank {self.rank}: the factors could not "
                             f"reach that rank; raise --basis-dim or lower --rank")
+        if self.mlp_activation in GLU_ACTIVATIONS:
+            raise UserError(f"--mlp-activation {self.mlp_activation} needs a gate matrix the generator does not "
+                            f"emit (it makes q, k, v, o, fc, proj); use relu2, gelu or leaky_relu2")
 
 
 def kind_shapes(c: GPTConfig) -> dict[str, tuple[int, int]]:

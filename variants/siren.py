@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from harness.config import param
+from harness.errors import UserError
 from harness.hooks import GeneratedWeights, generated_blocks
-from harness.model import GPT, GPTConfig, block_matrix_shapes
+from harness.model import GLU_ACTIVATIONS, GPT, GPTConfig, block_matrix_shapes
 from harness.optim import ParamGroup
 from harness.registry import register
 
@@ -37,6 +38,12 @@ class SirenConfig(GPTConfig):
     omega0: float = param(30.0, "ω₀: frequency multiplier of the first sine layer", low=1e-3, high=1e4)
     siren_lr: float = param(1e-3, "Adam learning rate of the SIREN's first layer, biases and read-out",
                             low=0.0, high=10.0)
+
+    def check(self) -> None:
+        super().check()
+        if self.mlp_activation in GLU_ACTIVATIONS:
+            raise UserError(f"--mlp-activation {self.mlp_activation} needs a gate matrix the SIREN does not "
+                            f"evaluate (it makes q, k, v, o, fc, proj); use relu2, gelu or leaky_relu2")
 
 
 class SirenWeights(GeneratedWeights):
