@@ -5,6 +5,13 @@ per-tensor int8; tensors of ≤ 65,536 elements are kept as fp16 (control tensor
 and skip weights as fp32); non-float tensors pass through. The object is saved with torch.save and compressed
 with zlib level 9, as in parameter-golf's train_gpt.py, so byte counts are comparable. Loading back uses
 torch.load(weights_only=True): plain tensors and containers only, never arbitrary pickled objects.
+
+Variant-owned storage: a model's `export_tensors` hook (harness/hooks.py) may name tensors that a storage codec
+below stores instead of int8, losslessly: the exported state is then a CodedState, a dict that also maps those
+keys to their codec. Their encodings go under "coded" in the same saved object, so the same zlib stream and the
+same byte count hold them; decompress decodes them, and the rebuilt model loads what the trained one exported.
+Codecs: "ternary", a tensor whose values are all in {−a, 0, +a}, stored as five base-3 digits a byte (1.6 bits
+a number) plus a as one fp32 scale. A state without codecs is saved exactly as before, byte for byte.
 """
 
 from __future__ import annotations
@@ -84,12 +91,73 @@ def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
     orig = obj.get("passthrough_orig_dtypes", {})
     for name, t in obj["passthrough"].items():
         out[name] = t.to(getattr(torch, orig[name])).contiguous() if name in orig else t.contiguous()
+    for name, entry in obj.get("coded", {}).items():
+        out[name] = CODECS[entry["codec"]][1](entry)
     return out
+
+
+class CodedState(dict):
+    """An exported state dict that also names the tensors a storage codec stores: codecs = {key: codec name}."""
+
+    def __init__(self, state: dict[str, Tensor], codecs: dict[str, str]):
+        super().__init__(state)
+        unknown = sorted(set(codecs.values()) - set(CODECS))
+        if unknown or not set(codecs) <= set(state):
+            raise ValueError(f"storage codecs {unknown or sorted(set(codecs) - set(state))[:3]}: unknown codec or "
+                             f"a key the state does not hold (codecs: {', '.join(CODECS)})")
+        self.codecs = dict(codecs)
+
+
+TRIT_PLACES = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
+
+
+def pack_trits(trits: Tensor) -> Tensor:
+    """Values in {−1, 0, 1} → uint8, five base-3 digits a byte (3⁵ = 243 ≤ 256), the last byte zero-padded."""
+    digits = (trits.detach().cpu().flatten().to(torch.int32) + 1)
+    digits = torch.cat((digits, digits.new_zeros(-len(digits) % 5))).view(-1, 5)
+    return (digits * TRIT_PLACES).sum(dim=1).to(torch.uint8)
+
+
+def unpack_trits(packed: Tensor, count: int) -> Tensor:
+    """pack_trits inverted: the first `count` trits, as int8 values in {−1, 0, 1}."""
+    digits = packed.to(torch.int32)[:, None] // TRIT_PLACES % 3
+    return (digits.flatten()[:count] - 1).to(torch.int8)
+
+
+def _encode_ternary(name: str, t: Tensor) -> dict:
+    t = t.detach().to("cpu").contiguous()
+    scale = t.float().abs().max() if t.numel() else torch.zeros(())
+    trits = (t.float() / scale).round() if scale > 0 else torch.zeros(t.shape)
+    if not torch.equal((trits * scale).to(t.dtype), t):
+        raise ValueError(f"{name} is not ternary (values other than 0 and ±{float(scale):g}): the ternary codec "
+                         f"stores only such tensors")
+    return {"codec": "ternary", "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+            "trits": pack_trits(trits), "scale": scale.float().reshape(())}
+
+
+def _decode_ternary(entry: dict) -> Tensor:
+    count = 1
+    for n in entry["shape"]:
+        count *= n
+    trits = unpack_trits(entry["trits"], count).view(entry["shape"])
+    return (trits.float() * entry["scale"]).to(getattr(torch, entry["dtype"])).contiguous()
+
+
+CODECS = {"ternary": (_encode_ternary, _decode_ternary)}  # name → (encode(key, tensor), decode(entry))
+
+
+def encode_state_dict(state: dict[str, Tensor]) -> dict:
+    """The object torch.save writes: quantize_state_dict's, plus "coded" for a CodedState's codec tensors."""
+    codecs = getattr(state, "codecs", {})
+    obj = quantize_state_dict({k: v for k, v in state.items() if k not in codecs})
+    if codecs:
+        obj["coded"] = {k: CODECS[codec][0](k, state[k]) for k, codec in codecs.items()}
+    return obj
 
 
 def compress(state: dict[str, Tensor]) -> bytes:
     buf = io.BytesIO()
-    torch.save(quantize_state_dict(state), buf)
+    torch.save(encode_state_dict(state), buf)
     return zlib.compress(buf.getvalue(), level=9)
 
 

@@ -5,6 +5,12 @@ On the model returned by build(config), all optional:
   training_only: tuple[str, ...]        state-dict key prefixes used only in training, dropped before export
   metrics() -> dict[str, float]         statistics of the last evaluation, written to the run record
   forward returning (logits, {name: loss})  training-only loss terms, never part of val_loss or val_bpb
+  export_tensors(state) -> {key: (codec, tensor)}  variant-owned storage: these state tensors are replaced by
+                                        the given tensors and stored by the named codec of harness/artifact.py
+                                        (e.g. "ternary": 1.6 bits a number) instead of int8. The codec is
+                                        lossless and its bytes sit in the same zlib stream, counted against the
+                                        cap like the rest; the restored model loads exactly these tensors, so
+                                        they must give the trained model's outputs (harness/ternary.py)
 On any submodule:
   begin_step() / end_accumulation(world_size)  called around each optimizer step's micro-batches
 Tensors regenerated from a stored seed are non-persistent buffers built from a seeded generator: they never
@@ -18,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.artifact import CodedState
 from harness.model import Block
 
 
@@ -48,9 +55,16 @@ def metrics(model: nn.Module) -> dict[str, float]:
 
 
 def exported_state(model: nn.Module) -> dict[str, Tensor]:
-    """The state dict that goes into the artifact: persistent tensors, minus the declared training-only ones."""
+    """The state dict that goes into the artifact: persistent tensors, minus the declared training-only ones;
+    with an export_tensors hook, a CodedState holding the hook's tensors and naming their codecs."""
     drop = tuple(getattr(model, "training_only", ()))
-    return {k: v for k, v in model.state_dict().items() if not (drop and k.startswith(drop))}
+    state = {k: v for k, v in model.state_dict().items() if not (drop and k.startswith(drop))}
+    if not hasattr(model, "export_tensors"):
+        return state
+    with torch.no_grad():
+        coded = model.export_tensors(state)
+    return CodedState({k: coded[k][1] if k in coded else v for k, v in state.items()},
+                      {k: codec for k, (codec, _) in coded.items()})
 
 
 def seeded_generator(seed: int, salt: str = "") -> torch.Generator:
