@@ -119,7 +119,8 @@ def build_parser() -> Parser:
                      help="training-only techniques: their proof is checked too")
 
     data = sub.add_parser("data", help="fetch or build datasets")
-    data.add_argument("dataset", choices=("fineweb", "builtin", "synthetic"))
+    data.add_argument("dataset", choices=("fineweb", "builtin", "synthetic", "fineweb_bytes", "builtin_bytes"),
+                      help="<name>_bytes: the byte form of a token dataset, derived from it once")
     data.add_argument("--train-shards", type=number_arg(int, 0), default=80,
                       help="FineWeb training shards to fetch (of 195)")
     data.add_argument("--variant", default="sp1024", help="FineWeb tokenization: sp1024, sp<N> or byte260")
@@ -521,9 +522,12 @@ def cmd_data(args: argparse.Namespace) -> int:
     else:
         from harness.data.datasets import resolve_dataset
 
-        ds = resolve_dataset(args.dataset, root)
+        ds = resolve_dataset(f"fineweb_{args.variant}_bytes" if args.dataset == "fineweb_bytes" else args.dataset, root)
         print(f"{ds.name}: {ds.directory} ({len(ds.train_files)} train / {len(ds.val_files)} val shards, "
               f"vocab {ds.tokenizer.vocab_size}, hash {ds.content_hash[:12]})")
+        if ds.source is not None:
+            print(f"byte form of {ds.source.name} (hash {ds.source.content_hash[:12]}): {ds.meta['val_bytes']:,} "
+                  f"validation bytes, the challenge's count of its {ds.meta['val_source_tokens']:,} tokens")
     return 0
 
 

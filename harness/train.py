@@ -208,11 +208,13 @@ def run(spec: RunSpec) -> dict:
     warmup_steps = max(b.warmup_steps, 1) if use_compile else b.warmup_steps
 
     if master:
-        dataset = resolve_dataset(b.dataset, spec.data_root, spec.data_dir, spec.tokenizer, log=log)
+        dataset = resolve_dataset(b.dataset, spec.data_root, spec.data_dir, spec.tokenizer, log=log,
+                                  form=spec.variant.data)
     if distributed:
         dist.barrier()  # rank 0 builds a missing embedded corpus once; the others then find it cached
     if not master:
-        dataset = resolve_dataset(b.dataset, spec.data_root, spec.data_dir, spec.tokenizer, log=log)
+        dataset = resolve_dataset(b.dataset, spec.data_root, spec.data_dir, spec.tokenizer, log=log,
+                                  form=spec.variant.data)
     if dataset.tokenizer.vocab_size != c.vocab_size:
         raise UserError(f"tokenizer/vocab mismatch: dataset {dataset.name!r} has a {dataset.tokenizer.vocab_size}-"
                         f"token vocabulary but the model has --vocab-size {c.vocab_size}; "
@@ -225,6 +227,10 @@ def run(spec: RunSpec) -> dict:
     accumulation = plan_accumulation(b.tokens_per_step, b.micro_batch_tokens, b.seq_len, world_size)
     val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
     val_batch_tokens = b.tokens_per_step // (world_size * accumulation)
+    if dataset.source is not None:  # the byte form: the source's bytes, cut into other sequences than its tokens
+        from harness.data.bytes import coverage
+
+        byte_form = coverage(dataset, b.seq_len, b.val_tokens_cap, val.target_bytes)
 
     def new_loader() -> DistributedTokenLoader:
         return DistributedTokenLoader(dataset.train_files, rank, world_size, device, c.vocab_size)
@@ -288,6 +294,8 @@ def run(spec: RunSpec) -> dict:
     }
     if "entropy_bits_per_byte" in dataset.meta:
         record["dataset_entropy_bits_per_byte"] = dataset.meta["entropy_bits_per_byte"]
+    if dataset.source is not None:
+        record["byte_form"] = byte_form
     if spec.resume:  # the first attempt's start and every resumption stay in the record
         first = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         record.update(started_at=first["started_at"], resumed=first.get("resumed", []))
@@ -300,6 +308,10 @@ def run(spec: RunSpec) -> dict:
     log(f"run {run_id}: {spec.variant.name}{':' + spec.preset if spec.preset else ''} under {b.name} | "
         f"{param_count:,} params | {device.type}×{world_size} accum {accumulation} | dataset {dataset.name} "
         f"(val {val.target_tokens:,} tokens) | seed {spec.seed} | compile {use_compile}")
+    if dataset.source is not None:
+        log(f"byte form of {dataset.source.name}: scores {val.target_bytes:,} of its "
+            f"{byte_form['val_bytes_in_split']:,} validation bytes; a token model on it at seq_len {b.seq_len} "
+            f"scores {byte_form['source_val_bytes_scored']:,}")
     log(f"command: {' '.join(spec.command)}", console=False)
     if spec.note:
         log(f"note: {spec.note}", console=False)

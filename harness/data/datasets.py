@@ -31,6 +31,7 @@ class Dataset:
     content_hash: str
     meta: dict = field(default_factory=dict)
     tokenizer_check: str = ""  # how the tokenizer was found to be the one the shards were made with
+    source: Dataset | None = field(default=None, repr=False)  # the token dataset this one is the byte form of
 
 
 def _hash_shards(train: tuple[Path, ...], val: tuple[Path, ...]) -> str:
@@ -134,9 +135,18 @@ def check_tokenizer(name: str, directory: Path, meta: dict, tokenizer, val_file:
 
 
 def resolve_dataset(name: str, data_root: Path | None = None, data_dir: Path | None = None,
-                    tokenizer_path: Path | None = None, log=print) -> Dataset:
-    """A dataset by name: `builtin`, `synthetic`, `fineweb` / `fineweb_<variant>`, or an explicit directory."""
+                    tokenizer_path: Path | None = None, log=print, form: str = "tokens") -> Dataset:
+    """A dataset by name: `builtin`, `synthetic`, `fineweb` / `fineweb_<variant>`, or an explicit directory.
+    `<name>_bytes`, or form="bytes" (a byte-level variant's), is its byte form (harness/data/bytes.py)."""
     data_root = Path(data_root or default_data_root())
+    if form == "bytes" or (data_dir is None and name.endswith("_bytes")):
+        from harness.data.bytes import byte_form
+
+        source = name.removesuffix("_bytes")
+        if data_dir is None and source not in ("builtin", "synthetic", "fineweb") and not source.startswith("fineweb_"):
+            raise UserError(f"unknown dataset {name!r}: {source!r} is no token dataset to take the byte form of; use "
+                            f"builtin_bytes, fineweb_bytes or fineweb_<sp N>_bytes")
+        return byte_form(resolve_dataset(source, data_root, data_dir, tokenizer_path, log), data_root, log)
     if data_dir is not None:
         return from_directory(Path(data_dir), Path(data_dir).name, tokenizer_path, data_root)
     if name == "builtin":
@@ -153,4 +163,4 @@ def resolve_dataset(name: str, data_root: Path | None = None, data_dir: Path | N
         return from_directory(directory, name, tokenizer_path, data_root,
                               missing_hint=f"fetch it with: {fetch_command(variant=variant)}")
     raise UserError(f"unknown dataset {name!r}; use builtin, synthetic, fineweb (sp1024), fineweb_<sp N|byte260>, "
-                    f"or --data-dir PATH")
+                    f"the byte form <name>_bytes of one of them, or --data-dir PATH")
