@@ -3,6 +3,7 @@
     python bench/variants.py                      # every family at its defaults, one smoke run each
     python bench/variants.py --configs mla:gqa_latent64 eigenweight:r128 --seeds 2
     python bench/variants.py --presets --max-steps 1   # every preset of every family, one step each
+    python bench/variants.py --configs baseline baseline+mlp_activation=swiglu+norm=layer   # model options
 
 For each configuration: `show --json` gives the stored parameter count and the int8+zlib artifact bytes of
 the default-size model at initialisation (no budget); torch's FlopCounterMode counts the FLOPs of one
@@ -39,17 +40,30 @@ def median(records: list[dict], key: str):
     return statistics.median(values) if values else None
 
 
+def split_config(config: str) -> tuple[str, dict[str, str]]:
+    """"name[:preset][+field=value…]" → ("name[:preset]", {field: value}): config fields set as flags would."""
+    name, *settings = config.split("+")
+    return name, dict(setting.split("=", 1) for setting in settings)
+
+
+def as_flags(fields: dict[str, str]) -> list[str]:
+    return [part for k, v in fields.items() for part in ("--" + k.replace("_", "-"), v)]
+
+
 def eval_flops_per_token(config: str, seq_len: int = 1024) -> int:
     """FLOPs of one evaluation forward per token, at the family's default (full) size."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from harness.config import parse_value
     from harness.hardware import _cpu_flash_fwd
     from harness.registry import get_variant
 
-    variant, preset = get_variant(config)
+    name, fields = split_config(config)
+    variant, preset = get_variant(name)
     torch.manual_seed(0)
-    model = variant.build(variant.resolve(preset, None, {})).eval()
+    flags = {k: parse_value(variant.config_cls, k, v) for k, v in fields.items()}
+    model = variant.build(variant.resolve(preset, None, flags)).eval()
     x = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={
             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd}) as counter:
@@ -61,7 +75,8 @@ def main() -> None:
     from harness.registry import known_variant_names
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", nargs="*", help="name or name:preset (default: every family's defaults)")
+    parser.add_argument("--configs", nargs="*", help="name, name:preset, each optionally +field=value… "
+                        "(default: every family's defaults)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--budget", default="smoke")
     parser.add_argument("--presets", action="store_true", help="each family's presets too (or those of --configs)")
@@ -75,7 +90,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in configs:
-            shown = harness("show", config, "--json")
+            name, fields = split_config(config)
+            shown = harness("show", name, *as_flags(fields), "--json")
             if shown.returncode:
                 rows.append((config, None, None, None, None, None, None, shown.stderr.strip()))
                 continue
@@ -83,10 +99,10 @@ def main() -> None:
             flops = eval_flops_per_token(config)
             records = []
             for seed in range(args.seeds):
-                out = Path(tmp) / f"{config.replace(':', '_')}-{seed}"
+                out = Path(tmp) / f"{config.replace(':', '_').replace('+', '_')}-{seed}"
                 cap = ["--max-steps", str(args.max_steps)] if args.max_steps else []
-                done = harness("run", "--variant", config, "--budget", args.budget, "--seed", str(seed), "--quiet",
-                               *cap, env={"HARNESS_RESULTS_DIR": str(out)})
+                done = harness("run", "--variant", name, *as_flags(fields), "--budget", args.budget, "--seed",
+                               str(seed), "--quiet", *cap, env={"HARNESS_RESULTS_DIR": str(out)})
                 found = list(out.glob("*/run.json"))
                 if found:
                     records.append(json.loads(found[0].read_text()))
