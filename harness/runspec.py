@@ -47,7 +47,8 @@ class RunSpec:
 
     def config_hash(self) -> str:
         budget = {k: v for k, v in self.budget.to_dict().items() if k != "source"}
-        key = {"variant": self.variant.name, "config": hashed_config(self.config), "budget": budget, "seed": self.seed}
+        key = {"variant": self.variant.name, "config": hashed_config(as_dict(self.config)), "budget": budget,
+               "seed": self.seed}
         if self.techniques:
             key["techniques"] = self.technique_record()
         departures = {o["name"]: o["effective"] for o in self.overrides()}
@@ -89,11 +90,10 @@ class RunSpec:
         return out
 
 
-def hashed_config(config) -> dict:
-    """The config as a run id hashes it: model options at their defaults are left out, so adding them to every
-    family kept the ids of runs made before them."""
+def hashed_config(config: dict) -> dict:
+    """A config's fields as run ids and leaderboard rows key them: model options at their defaults are left
+    out, so adding them to every family kept the ids and rows of runs made before them."""
     from harness.model import MODEL_OPTIONS, GPTConfig
 
     defaults = GPTConfig()
-    return {k: v for k, v in as_dict(config).items()
-            if not (k in MODEL_OPTIONS and v == getattr(defaults, k))}
+    return {k: v for k, v in config.items() if not (k in MODEL_OPTIONS and v == getattr(defaults, k))}

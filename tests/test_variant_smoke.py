@@ -3,6 +3,7 @@ from the artifact, round-trip eval and record — in one process, capped at one 
 2,048 validation tokens, at its defaults. The presets and options are built, trained, round-tripped, checked
 for causality and compiled by the conformance suite, which also reads their evaluation metrics; what this run
 adds (the data, the clock, the sealed round trip, the record) is the same code for every preset of a family.
+The run skips its own preflight: test_preflight runs every check (more than a run's) on the same configuration.
 The full-minute runs on the whole split are in bench/variants.py and docs/VARIANTS.md."""
 
 import dataclasses
@@ -25,7 +26,7 @@ def test_runs_the_smoke_budget_end_to_end(name, preset, tmp_path):
     variant, _ = get_variant(name)
     config = variant.resolve(preset, budget.model, None, budget.name)
     record = run(RunSpec(variant=variant, config=config, budget=budget, preset=preset, results_dir=tmp_path,
-                         max_steps=1, quiet=True, command=["test"]))
+                         max_steps=1, quiet=True, command=["test"], preflight=False))
     assert record["status"] == "ok", record.get("error")
     assert record["steps"] == 1 and math.isfinite(record["val_bpb_post_quant"])
     assert record["stored_param_count"] > 0 and record["artifact_total_bytes"] > record["artifact_code_bytes"] > 0

@@ -22,6 +22,7 @@ import orjson
 import polars as pl
 
 from harness.results import iter_records
+from harness.runspec import hashed_config
 
 # The challenge accepts a new record only if it beats the current one by at least this much validation loss,
 # shown with p < ACCEPT_P (parameter-golf README, "submission requirements").
@@ -126,7 +127,9 @@ def variant_defaults(name: str | None) -> dict:
 
 def to_run(record: dict, path: Path | None = None) -> Run:
     budget = {k: v for k, v in (record.get("budget") or {}).items() if k != "source"}
-    key = {"variant": record.get("variant"), "config": record.get("config"), "budget": budget}
+    config = record.get("config")
+    key = {"variant": record.get("variant"), "config": hashed_config(config) if isinstance(config, dict) else config,
+           "budget": budget}
     used = [t.get("name") for t in record.get("techniques") or [] if isinstance(t, dict)]
     if used:  # techniques are part of what was run: a row of their own
         key["techniques"] = record.get("techniques")
