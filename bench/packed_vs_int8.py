@@ -1,0 +1,39 @@
+"""Benchmark: a run's artifact stored through its variant's codecs (bitnet's packed trits) against the same
+exported weights through the challenge's plain int8+zlib export.
+
+    python -m harness run --variant bitnet --budget smoke --max-steps 200 --results-dir /tmp/packed
+    python bench/packed_vs_int8.py /tmp/packed/*/model.int8.ptz
+
+The artifact is decoded as the round trip does (the weights the restored model loads), then compressed again
+as a plain state dict, which sends every tensor down the int8 path; both byte counts are of the model alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    import io
+    import zlib
+
+    import torch
+
+    from harness import artifact
+
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
+        sys.exit("usage: python bench/packed_vs_int8.py RUN_DIR/model.int8.ptz")
+    blob = Path(sys.argv[1]).read_bytes()
+    coded = torch.load(io.BytesIO(zlib.decompress(blob)), weights_only=True).get("coded", {})
+    state = artifact.decompress(blob)
+    plain = artifact.compress(dict(state))  # a plain dict carries no codecs: int8 for every large tensor
+    print(f"packed: {len(blob):,} bytes ({len(coded)} tensors through codecs); the same weights through "
+          f"int8+zlib: {len(plain):,} bytes ({len(plain) / len(blob):.2f}×)")
+
+
+if __name__ == "__main__":
+    main()
