@@ -37,7 +37,8 @@ class GPTConfig:
     num_layers: int = param(9, "transformer blocks", low=1, high=256)
     model_dim: int = param(512, "residual stream width", low=8, high=16384)
     num_heads: int = param(8, "attention (query) heads", low=1, high=256)
-    num_kv_heads: int = param(4, "key/value heads (grouped-query attention)", low=1, high=256)
+    num_kv_heads: int = param(4, "key/value heads (grouped-query attention; 0: one per query head, MHA)",
+                              low=0, high=256)
     mlp_mult: int = param(2, "MLP hidden width as a multiple of model_dim", low=1, high=16)
     rope_base: float = param(10000.0, "RoPE frequency base", low=1.0)
     logit_softcap: float = param(30.0, "logits are soft-capped to ±this with tanh", low=1e-3)
@@ -69,6 +70,10 @@ class GPTConfig:
                                  low=0.0, high=1.0)
     cope_positions: int = param(64, "CoPE: largest contextual position (positions beyond are clamped)",
                                 low=2, high=65536)
+
+    def __post_init__(self) -> None:
+        if self.num_kv_heads == 0:  # MHA at whatever head count the model has, so a preset can ask for it at any size
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
 
     def check(self) -> None:
         """Constraints between fields (each field's own range is checked from its declaration)."""

@@ -120,3 +120,14 @@ def test_a_family_that_replaces_the_piece_refuses_the_option():
     done = subprocess.run([sys.executable, "-m", "harness", "show", "hypernetwork", "--mlp-activation", "swiglu"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "gate matrix" in done.stderr
+
+
+def test_the_mha_preset_is_one_kv_head_per_query_head_at_any_size():
+    from harness.budget import load_budget
+
+    variant, _ = get_variant("baseline")
+    full = variant.resolve("mha", None, {})
+    smoke = variant.resolve("mha", load_budget("smoke").model, {})
+    assert (full.num_heads, full.num_kv_heads, full.model_dim) == (8, 8, 480)
+    assert smoke.num_kv_heads == smoke.num_heads == 4
+    assert GPTConfig(num_heads=2, num_kv_heads=0).num_kv_heads == 2

@@ -15,4 +15,4 @@ from harness.model import GPT, GPTConfig
 from harness.registry import register
 
 register("baseline", config=GPTConfig, build=GPT, doc=__doc__,
-         presets={"mha": {"num_kv_heads": 8, "model_dim": 480}, "mqa": {"num_kv_heads": 1}})
+         presets={"mha": {"num_kv_heads": 0, "model_dim": 480}, "mqa": {"num_kv_heads": 1}})  # 0: one per query head

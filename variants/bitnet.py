@@ -12,11 +12,12 @@ SubLN inside BitLinear), the residual mixes, U-Net skips and soft cap; all model
 Stored: the latent weights never; each block matrix goes through the artifact's "ternary" codec (the
 export_tensors hook): five trits a byte plus one fp32 scale, and the restored model computes what the trained one
 did. At 9 × 512: 17,059,912 numbers (15.3M of them trits), 1,998,535 model bytes at init (the zero-initialised
-o and proj matrices are all zeros then), ~3.4 MB once every matrix is nonzero (baseline: ~15.9 MB trained);
-the same weights through int8+zlib would take ~3.9 MB. Per token the FLOPs equal the baseline's plus the
-element-wise quantisers; on a GPU the ternary matmuls are ordinary bf16 matmuls here (no ternary kernel), so it
-runs a little slower, and its metric zero_trit_fraction is the share a sparse ternary kernel would skip.
-Presets spend the saved bytes: d1024 (width 1024: 67.1M numbers, 66.1M trits, ~13.4 MB, ~4× the FLOPs) and
+o and proj matrices are all zeros then), 3.63 MB with every weight random and nonzero (baseline: ~15.9 MB
+trained); the same weights through int8+zlib take 4.14 MB (bench/packed_vs_int8.py). Per token the FLOPs equal
+the baseline's plus the element-wise quantisers; on a GPU the ternary matmuls are ordinary bf16 matmuls here (no
+ternary kernel), so it runs a little slower, and its metric zero_trit_fraction is the share a sparse ternary
+kernel would skip.
+Presets spend the saved bytes: d1024 (width 1024: 67.1M numbers, 66.1M trits, 13.8 MB random, ~4× the FLOPs) and
 w_only (ternary weights, activations unquantised).
 Expected: worse than the baseline at equal shape (the paper's parity needs ~3B parameters); the question is
 whether a wider ternary model beats it at equal bytes.

@@ -15,11 +15,11 @@ one, and no position encoding is needed. Kept: the tied fp embedding and head, B
 U-Net skips and soft cap (the attention options do not apply: there is no attention).
 
 Stored: 4·d² MLGRU + 3·d·(2/3·2d) GLU trits per layer, 18.9M trits at 9 × 512 beside the int8 embedding:
-19,428,352 numbers, 2,774,712 model bytes at init, ~3.9 MB once every matrix is nonzero (int8+zlib: ~4.5 MB).
+19,428,352 numbers, 2,774,712 model bytes at init, 4.11 MB with every weight random (int8+zlib: 4.69 MB).
 Per token it costs ~1.2× the baseline's block matmul FLOPs and no attention (O(T·d) instead of O(T²·d)).
 "Matmul-free" holds only with a ternary kernel (additions and sign flips) and a fused recurrence: here the
 ternary weights are dense bf16 matmuls and the scan is a dozen element-wise passes, so on a GPU it is no faster
-than the baseline. Preset d768: width 768, 43.3M numbers, 42.5M trits (~8.6 MB). Expected: worse than the
+than the baseline. Preset d768: width 768, 43.3M numbers, 42.5M trits (8.97 MB random). Expected: worse than the
 baseline at equal shape (the paper trails Transformer++ at 370M); better per stored byte.
 """
 
