@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,21 @@ def check_budget(b: Budget, path: Path) -> None:
         raise bad(f"tokens_per_step ({b.tokens_per_step}) must be a multiple of seq_len ({b.seq_len})")
     if not isinstance(b.model, dict):
         raise bad("[model] must be a table of parameter overrides")
+
+
+def with_dataset(budget: Budget, dataset: str) -> Budget:
+    """The budget on another tokenization of its data (the tokenizer-size axis: `run --dataset fineweb_sp8192`):
+    the same contract otherwise, and a vocabulary that follows the dataset's name unless a flag sets it. Scores
+    stay comparable across tokenizers of the same text, since val_bpb counts bytes, not tokens."""
+    from harness.data.names import builtin_name, builtin_vocab
+
+    if not re.fullmatch(r"[A-Za-z0-9_]+", dataset):
+        raise UserError(f"--dataset {dataset!r}: a dataset name such as builtin_sp4096 or fineweb_sp8192")
+    vocab = builtin_vocab(dataset)
+    if vocab is not None:
+        dataset = builtin_name(vocab)  # builtin_sp1024 is builtin: the same runs, the same ids
+    else:
+        sized = re.fullmatch(r"fineweb(?:_sp(\d+))?", dataset)
+        vocab = int(sized.group(1) or 1024) if sized else None
+    model = {**budget.model, "vocab_size": vocab} if vocab else dict(budget.model)
+    return dataclasses.replace(budget, dataset=dataset, model=model)

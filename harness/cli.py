@@ -1,4 +1,5 @@
-"""Command line: `python -m harness run | list | show | check | data | results | report | sweep | status | tune`.
+"""Command line: `python -m harness run | list | show | check | data | results | report | sweep | status | tune |
+export`.
 
 Parsing turns words into a RunSpec; every user mistake becomes one line on stderr and exit code 2. Variant
 parameters are not declared here: they are derived from the variant's config dataclass, so a new field is a
@@ -63,12 +64,16 @@ def parse_config_flags(config_cls: type, words: list[str]) -> dict[str, typing.A
 
 
 def build_parser() -> Parser:
+    from harness.data.names import dataset_name_arg
+
     parser = Parser(prog="harness", description="Train, score and record small LMs the parameter-golf way.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser("run", help="train one variant under a budget and record the result",
                          description="Any other --name value pair sets a parameter of the variant's config.")
-    run.add_argument("--variant", required=True, help="family name, name:preset, or path to a plugin .py file")
+    run.add_argument("--variant", required=True,
+                     help="family name, name:preset, path to a plugin .py file, or script:PATH to run a challenge "
+                          "submission's train_gpt.py unchanged (its --name value pairs become NAME=value variables)")
     run.add_argument("--preset", help="a named configuration of the variant (or of --preset-file)")
     run.add_argument("--preset-file", type=Path, help="a TOML file of [presets.NAME] tables, such as the one tune "
                                                       "writes (default preset: best)")
@@ -79,6 +84,9 @@ def build_parser() -> Parser:
     run.add_argument("--data-root", type=Path, help="root of data/ (default: data/ or $HARNESS_DATA_ROOT)")
     run.add_argument("--data-dir", type=Path, help="an explicit dataset directory of *_train_*/*_val_* shards")
     run.add_argument("--tokenizer", type=Path, help="SentencePiece .model for --data-dir")
+    run.add_argument("--dataset", type=dataset_name_arg,
+                     help="another tokenization of the budget's data, e.g. builtin_sp4096 or "
+                                       "fineweb_sp8192 (the vocabulary follows unless --vocab-size is given)")
     run.add_argument("--device", choices=("cpu", "cuda"), help="override the budget's device kind")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the model (default: on for CUDA, off for CPU)")
@@ -92,6 +100,9 @@ def build_parser() -> Parser:
     run.add_argument("--with", dest="with_", metavar="T1,T2",
                      help="training-only techniques to apply, in their documented order (python -m harness list "
                           "shows them and their flags); each is proven not to change the artifact or inference")
+    run.add_argument("--keep-weights", action="store_true",
+                     help="also save the trained full-precision weights (weights.pt) to export them again under "
+                          "other schemes (bench/export_schemes.py)")
     run.add_argument("--quiet", action="store_true", help="print only the final line")
     run.add_argument("--note", help="free text kept in the record and shown in reports (what this run is for)")
 
@@ -119,11 +130,17 @@ def build_parser() -> Parser:
                      help="training-only techniques: their proof is checked too")
 
     data = sub.add_parser("data", help="fetch or build datasets")
-    data.add_argument("dataset", choices=("fineweb", "builtin", "synthetic", "fineweb_bytes", "builtin_bytes"),
-                      help="<name>_bytes: the byte form of a token dataset, derived from it once")
+    data.add_argument("dataset", metavar="NAME", type=dataset_name_arg,
+                      help="builtin (sp1024), builtin_sp<N>, synthetic, fineweb (fetched; --variant), "
+                           "fineweb_<variant>, or <name>_bytes: the byte form of a token dataset, derived from it once")
+    data.add_argument("--vocab", type=number_arg(int, 1), metavar="N",
+                      help="build the builtin corpus with an N-piece tokenizer (the same as builtin_sp<N>)")
     data.add_argument("--train-shards", type=number_arg(int, 0), default=80,
                       help="FineWeb training shards to fetch (of 195)")
-    data.add_argument("--variant", default="sp1024", help="FineWeb tokenization: sp1024, sp<N> or byte260")
+    data.add_argument("--variant", help="FineWeb tokenization: sp1024 (default), sp<N> or byte260")
+    data.add_argument("--hf-repo", metavar="OWNER/NAME",
+                      help="Hugging Face dataset repo to fetch FineWeb from (default: where the variant was published: "
+                           "kevclark/parameter-golf for sp4096 and sp8192, else willdepueoai/parameter-golf)")
     data.add_argument("--data-root", type=Path, help="root of data/ (default: data/ or $HARNESS_DATA_ROOT)")
 
     res = sub.add_parser("results", help="table of recorded runs, best first")
@@ -175,7 +192,9 @@ def build_parser() -> Parser:
     tu.add_argument("--objectives", default="val_bpb",
                     help="val_bpb (TPE), or val_bpb plus artifact_bytes and/or tokens_per_second (NSGA-II)")
     tu.add_argument("--search", action="append", default=[], metavar="NAME=SPEC",
-                    help="add or narrow a dimension: NAME=LOW..HIGH, NAME=LOW..HIGH:log, NAME=A,B,C (repeatable)")
+                    help="add or narrow a dimension: NAME=LOW..HIGH, NAME=LOW..HIGH:log, NAME=A,B,C, or a "
+                         "trainer lever by name (muon_weight_decay, adam_weight_decay, min_lr, late_qat, "
+                         "muon_momentum_warmup_start, export) (repeatable)")
     tu.add_argument("--only", help="comma-separated dimensions to keep (the rest of the space keeps defaults)")
     tu.add_argument("--with", dest="with_", metavar="T1,T2",
                     help="training-only techniques every trial uses; their search spaces join the study's")
@@ -210,6 +229,15 @@ def build_parser() -> Parser:
     st = sub.add_parser("status", help="a sweep's runs or a study's trials: done, running, failed (with reasons)")
     st.add_argument("sweep", help="sweep or study name (results/sweeps/NAME.json, results/studies/NAME.json)")
     st.add_argument("--results-dir", type=Path)
+
+    ex = sub.add_parser("export", help="a finished run as a parameter-golf record folder: README.md, "
+                                       "submission.json, train.log and one self-contained train_gpt.py")
+    ex.add_argument("run_id", help="a run folder's name in the results folder, or the path of a run folder")
+    ex.add_argument("--out", type=Path, required=True, help="the record folder to write (new, or empty)")
+    ex.add_argument("--results-dir", type=Path, help="where run folders are (default: results/)")
+    ex.add_argument("--name", help="the submission's name (default: variant, preset and budget)")
+    ex.add_argument("--author", help="the submission's author")
+    ex.add_argument("--github-id", help="the author's GitHub id")
     return parser
 
 
@@ -334,10 +362,17 @@ def resolve_with_techniques(args: argparse.Namespace, budget, extra: list[str], 
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    from harness.budget import load_budget
+    if args.variant.startswith("script:"):  # a submission's train_gpt.py, run unchanged (harness/script_run.py)
+        from harness.script_run import run_script_command
+
+        signal.signal(signal.SIGTERM, _interrupt)
+        return run_script_command(args, extra)
+    from harness.budget import load_budget, with_dataset
     from harness.train import RunSpec, run
 
     budget = load_budget(args.budget)
+    if args.dataset:
+        budget = with_dataset(budget, args.dataset)
     variant, preset, config, applied, _ = resolve_with_techniques(args, budget, extra, args.preset_file)
     if args.run_id is not None:
         safe_name(args.run_id, "--run-id")
@@ -347,7 +382,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
                    results_dir=results_folder(args, writing=True), data_root=args.data_root, data_dir=args.data_dir,
                    tokenizer=args.tokenizer, device=args.device, compile=args.compile, precision=args.precision,
                    max_steps=args.max_steps, preflight=args.preflight, techniques=applied,
-                   quiet=args.quiet, note=args.note)
+                   quiet=args.quiet, note=args.note, keep_weights=args.keep_weights)
     # SLURM and other schedulers stop jobs with SIGTERM: record those runs as interrupted, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     record = run(spec)
@@ -418,7 +453,7 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
     from harness import artifact, hooks
     from harness.budget import load_budget
     from harness.config import as_dict
-    from harness.train import build_model
+    from harness.train import RunSpec, build_model, submission_script_size
 
     budget = load_budget(args.budget) if args.budget else None
     variant, preset, config, applied, flags = resolve_with_techniques(args, budget, extra)
@@ -428,9 +463,13 @@ def cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
     persistent = set(model.state_dict())
     code_files = artifact.model_source_files(model, variant.source_file)
     code_files += sorted({Path(spec.source_file) for spec, _ in applied} - set(code_files))  # as a run counts them
-    size = artifact.measure(artifact.compress(state), code_files, budget.code_bytes if budget else "submission")
+    # as a run of it would count: its export scheme (without calibration: no data here), the script of record
+    script = submission_script_size(RunSpec(variant=variant, config=config, budget=budget or load_budget("10min"),
+                                            preset=preset, seed=args.seed, techniques=applied), code_files)
+    size = artifact.measure(artifact.compress(state, config.export), code_files,
+                            budget.code_bytes if budget else "submission", script)
     cap = budget.artifact_cap_bytes if budget else 16_000_000
-    preset_values = variant.presets.get(preset, {}) if preset else {}
+    preset_values = variant.all_presets().get(preset, {}) if preset else {}
     sources = {k: ("flag" if k in flags else "preset" if k in preset_values else
                    "budget" if budget and k in budget.model else "default") for k in as_dict(config)}
     info = {"variant": variant.name, "preset": preset, "budget": budget.name if budget else None,
@@ -515,16 +554,34 @@ def cmd_data(args: argparse.Namespace) -> int:
     from harness.checks import writable_folder
 
     writable_folder(root, "--data-root", create=False)
-    if args.dataset == "fineweb":
+    name, form = args.dataset.removesuffix("_bytes"), "_bytes" if args.dataset.endswith("_bytes") else ""
+    if args.vocab is not None:
+        if name != "builtin":
+            raise UserError(f"--vocab sets the builtin corpus's vocabulary, not {args.dataset}'s; FineWeb's are "
+                            f"--variant sp<N>")
+        name = f"builtin_sp{args.vocab}"
+    variant = args.variant
+    if name.startswith("fineweb_"):  # fineweb_sp4096 is fineweb --variant sp4096
+        named = name.removeprefix("fineweb_")
+        if variant and variant != named:
+            raise UserError(f"{args.dataset} names variant {named}, but --variant says {variant}; give one of them")
+        name, variant = "fineweb", named
+    if (args.hf_repo or variant) and name != "fineweb":
+        raise UserError(f"--variant and --hf-repo choose a FineWeb export; {args.dataset} is built here")
+    variant = variant or "sp1024"
+    if name == "fineweb" and not form:
         from harness.data.fineweb import fetch_fineweb
 
-        fetch_fineweb(root, args.train_shards, args.variant)
+        fetch_fineweb(root, args.train_shards, variant, repo_id=args.hf_repo)
     else:
-        from harness.data.datasets import resolve_dataset
+        from harness.data.datasets import resolve_dataset, validation_counts
 
-        ds = resolve_dataset(f"fineweb_{args.variant}_bytes" if args.dataset == "fineweb_bytes" else args.dataset, root)
+        ds = resolve_dataset(f"fineweb_{variant}{form}" if name == "fineweb" else name + form, root)
+        val_tokens, val_bytes = validation_counts(ds)
         print(f"{ds.name}: {ds.directory} ({len(ds.train_files)} train / {len(ds.val_files)} val shards, "
-              f"vocab {ds.tokenizer.vocab_size}, hash {ds.content_hash[:12]})")
+              f"vocab {ds.tokenizer.vocab_size}, hash {ds.content_hash[:12]}, text "
+              f"{ds.text_hash[:12] if ds.text_hash else 'unknown'}); validation: {val_tokens:,} tokens for "
+              f"{val_bytes:,} bytes, {val_tokens / max(val_bytes, 1):.3f} tokens per byte")
         if ds.source is not None:
             print(f"byte form of {ds.source.name} (hash {ds.source.content_hash[:12]}): {ds.meta['val_bytes']:,} "
                   f"validation bytes, the challenge's count of its {ds.meta['val_source_tokens']:,} tokens")
@@ -692,6 +749,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.submission import export_run, find_run
+
+    run_dir = find_run(args.run_id, results_folder(args, writing=False))
+    done = export_run(run_dir, args.out, args.name, args.author, args.github_id)
+    for warning in done.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {done.folder}: README.md, submission.json, train.log, train_gpt.py ({done.script_bytes:,} bytes)")
+    return 0
+
+
 DEBUG_FLAG = "--debug"
 DEBUG_HINT = f"add {DEBUG_FLAG} (or set HARNESS_DEBUG=1) to see the traceback"
 
@@ -729,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         else:
             code = {"list": cmd_list, "data": cmd_data, "results": cmd_results,
-                    "report": cmd_report, "status": cmd_status}[args.command](args)
+                    "report": cmd_report, "status": cmd_status, "export": cmd_export}[args.command](args)
         sys.stdout.flush()  # here, so that a closed pipe is met below and not at exit
         return code
     except UserError as exc:

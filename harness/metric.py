@@ -3,6 +3,7 @@
 val_bpb = (val_loss / ln 2) × (target tokens / target bytes) over the validation split (or the budget's cap),
 cut into sequences of seq_len; every rank scores a disjoint run of sequences and the sums are all-reduced.
 Variants return logits; only the harness turns them into losses, so no variant can change how it is scored.
+`evaluate` is the challenge's standard scheme; harness/evaluation.py adds sliding windows and test-time training.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def split_output(out) -> tuple[Tensor, dict[str, Tensor]]:
     return logits, dict(extra or {})
 
 
+IGNORED_TARGET = -100  # F.cross_entropy's default ignore_index: a target that is context, not scored
+
+
 class ScoredModel(nn.Module):
     """Wraps a variant's model so the loss is the harness's: cross-entropy of its logits against the targets.
 
@@ -47,7 +51,17 @@ class ScoredModel(nn.Module):
         self.model = model
         self.techniques = techniques  # harness.techniques.TechniqueStack: training only, never in evaluation
 
-    def forward(self, x: Tensor, y: Tensor, train: bool = True) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor, train: bool = True,
+                score_from: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """score_from (evaluation only): per row, the first position whose target is scored; the positions
+        before it are context that an earlier window scored already (sliding windows, harness/evaluation.py)."""
+        if score_from is not None:
+            if train:
+                raise ValueError("score_from selects the scored targets of an evaluation; training scores all")
+            # the ignored positions drop out of the summed cross-entropy; with every score_from 0 nothing is
+            # ignored and the sum is bit for bit the unmasked one
+            positions = torch.arange(y.size(-1), device=y.device)
+            y = y.masked_fill(positions < score_from.to(y.device)[:, None], IGNORED_TARGET)
         if train and self.techniques is not None:
             x, y = self.techniques.inputs(x, y)
         logits, extra = split_output(self.model(x))

@@ -28,6 +28,9 @@ from harness.errors import UserError
 # Small "control" tensors: kept in fp32 in the artifact and trained with Adam even when 2-D (resid_mix).
 CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight", "cope_pos")
 GLU_ACTIVATIONS = ("swiglu", "geglu")
+# The names of the run axes' choices; harness/artifact.py and harness/evaluation.py implement exactly these.
+EXPORT_SCHEMES = ("int8-zlib", "int6-lzma", "int6-zstd", "gptq-zstd", "gptq-hessian-zstd", "mixed-zstd")
+EVAL_SCHEMES = ("standard", "sliding", "ttt")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,29 @@ class GPTConfig:
                                  low=0.0, high=1.0)
     cope_positions: int = param(64, "CoPE: largest contextual position (positions beyond are clamped)",
                                 low=2, high=65536)
+    # Trainer options (the records' levers beyond the baseline; defaults are the baseline's, so off).
+    muon_weight_decay: float = param(0.0, "decoupled weight decay of the Muon matrices, × the LR each step",
+                                     low=0.0, high=1.0)
+    adam_weight_decay: float = param(0.0, "decoupled weight decay of the Adam parameters (AdamW when > 0)",
+                                     low=0.0, high=1.0)
+    min_lr: float = param(0.0, "floor of the warmdown: the LR never drops below this fraction of its base",
+                          low=0.0, high=1.0)
+    late_qat: float = param(0.0, "late quantisation-aware training: once the LR scale falls below this, every "
+                            "step runs forward and backward on the weights as --export stores them (0 = off)",
+                            low=0.0, high=1.0)
+    # Run axes: how the trained model is stored and how it is scored (harness/artifact.py, harness/evaluation.py).
+    export: str = param("int8-zlib", "export scheme of the artifact the cap checks and the score is taken from",
+                        choices=EXPORT_SCHEMES)
+    export_calibration_batches: int = param(8, "training batches whose inputs weight the clip search of the "
+                                            "Hessian-aware export schemes", low=1, high=1024)
+    eval: str = param("standard", "evaluation scheme of the score of record: non-overlapping windows, sliding "
+                      "windows, or score-first test-time training", choices=EVAL_SCHEMES)
+    eval_stride: int = param(64, "sliding (and ttt) evaluation: tokens each window advances; every scored token "
+                             "after the first window has seq_len − stride tokens of context", low=1, high=65536)
+    ttt_chunk_tokens: int = param(32768, "ttt: validation tokens scored, then trained on, at a time", low=1)
+    ttt_epochs: int = param(3, "ttt: passes of SGD over each chunk after it is scored", low=0, high=100)
+    ttt_lr: float = param(0.002, "ttt: SGD learning rate (cosine-decayed across chunks)", low=0.0, high=10.0)
+    ttt_momentum: float = param(0.9, "ttt: SGD momentum", low=0.0, high=0.9999)
 
     def __post_init__(self) -> None:
         if self.num_kv_heads == 0:  # MHA at whatever head count the model has, so a preset can ask for it at any size
@@ -93,6 +119,25 @@ class GPTConfig:
 # runs the shared code ignores the option (see ignored_options).
 MODEL_OPTIONS = ("mlp_activation", "norm", "residual_scale", "qk_norm", "position", "rope_fraction",
                  "cope_positions")
+TRAINER_OPTIONS = ("muon_weight_decay", "adam_weight_decay", "min_lr", "late_qat")
+RUN_AXES = ("export", "export_calibration_batches", "eval", "eval_stride", "ttt_chunk_tokens", "ttt_epochs",
+            "ttt_lr", "ttt_momentum")
+# Fields added after runs were recorded: left out of run ids and leaderboard keys while at their defaults.
+LATER_FIELDS = MODEL_OPTIONS + TRAINER_OPTIONS + RUN_AXES
+
+# The 2026-03-23 record (LeakyReLU² + legal score-first TTT, 1.1194 on 8×H100) as far as the harness's parts go:
+# its shape, activation, partial RoPE (16 of 64 dims), optimizer settings, late QAT, clip-searched int6 export and
+# TTT scored on sliding windows. Not here: XSA on the last layers, BigramHash, value embeddings, the 1/√(layer+1)
+# norm scale and parameter banking (speed only); lzma there, zstd here; its EMA is the weight_average technique.
+# Its schedule (warm-up 1500, warmdown 3500 steps) is for ~7,200 steps on 8×H100. A preset of every family.
+RECORD_STACK = {
+    "num_layers": 11, "mlp_mult": 3, "mlp_activation": "leaky_relu2", "rope_fraction": 0.25,
+    "matrix_lr": 0.025, "scalar_lr": 0.025, "tied_embed_lr": 0.035, "muon_momentum": 0.99,
+    "muon_momentum_warmup_start": 0.92, "muon_momentum_warmup_steps": 1500, "warmdown_steps": 3500,
+    "muon_weight_decay": 0.04, "adam_weight_decay": 0.04, "late_qat": 0.15,
+    "export": "gptq-zstd", "eval": "ttt", "eval_stride": 64,
+}
+SHARED_PRESETS = {"record-stack": RECORD_STACK}
 
 
 @dataclass(frozen=True)

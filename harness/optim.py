@@ -1,5 +1,8 @@
 """Optimizers as in the challenge: Muon for block matrices, Adam for the tied embedding and for vectors/scalars.
 
+Weight decay, as the later records use it, is decoupled on both (Muon: weights × (1 − lr·wd) before each
+update; Adam becomes AdamW); at 0, the default, the optimizers are the baseline's.
+
 Muon (Keller Jordan, via modded-nanogpt): momentum with Nesterov, then the update is orthogonalised with a
 quintic Newton–Schulz iteration. Under DDP each rank orthogonalises a share of the matrices and the updates
 are summed across ranks, so the work is split rather than repeated.
@@ -37,8 +40,10 @@ class Muon(torch.optim.Optimizer):
     """`orthogonalize` is the Newton–Schulz function (compiled or not) and `dtype` its dtype and the updates'."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
-                 dtype: torch.dtype = torch.bfloat16, orthogonalize=zeropower_via_newtonschulz5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+                 dtype: torch.dtype = torch.bfloat16, orthogonalize=zeropower_via_newtonschulz5,
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
+                                      weight_decay=weight_decay))
         self.dtype, self.orthogonalize = dtype, orthogonalize
 
     @torch.no_grad()
@@ -66,7 +71,10 @@ class Muon(torch.optim.Optimizer):
             if distributed:
                 dist.all_reduce(updates)
             offset = 0
+            decay = 1.0 - group["lr"] * group["weight_decay"]  # decoupled, as the records' Muon WD
             for p in params:
+                if decay != 1.0:
+                    p.mul_(decay)
                 p.add_(updates[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
                 offset += p.numel()
 
@@ -127,10 +135,14 @@ def build_optimizers(model: nn.Module, c, fused: bool, muon_dtype: torch.dtype =
     muon_groups = [{"params": g.params, "lr": g.lr} for g in groups if g.optimizer == "muon" and g.params]
     adam_groups = [{"params": g.params, "lr": g.lr} for g in groups if g.optimizer == "adam" and g.params]
     muon = Muon(muon_groups or [{"params": [], "lr": 0.0}], lr=c.matrix_lr, momentum=c.muon_momentum,
-                backend_steps=c.muon_backend_steps, dtype=muon_dtype, orthogonalize=orthogonalize)
+                backend_steps=c.muon_backend_steps, dtype=muon_dtype, orthogonalize=orthogonalize,
+                weight_decay=c.muon_weight_decay)
     optimizers: list[torch.optim.Optimizer] = [muon]
-    if adam_groups:
-        optimizers.append(torch.optim.Adam(adam_groups, betas=(c.beta1, c.beta2), eps=c.adam_eps, fused=fused))
+    if adam_groups:  # AdamW only when asked: at 0 the baseline's Adam, step for step
+        adam = (torch.optim.AdamW(adam_groups, betas=(c.beta1, c.beta2), eps=c.adam_eps,
+                                  weight_decay=c.adam_weight_decay, fused=fused) if c.adam_weight_decay > 0 else
+                torch.optim.Adam(adam_groups, betas=(c.beta1, c.beta2), eps=c.adam_eps, fused=fused))
+        optimizers.append(adam)
     for opt in optimizers:
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]

@@ -58,6 +58,12 @@ class Variant:
         """The content hash of the variant file as it was when it was imported (None: not from a file)."""
         return LOADED_HASHES.get(str(self.source_file)) if self.source_file else None
 
+    def all_presets(self) -> dict[str, dict[str, Any]]:
+        """The family's presets and the shared ones every family takes by name (harness.model.SHARED_PRESETS)."""
+        from harness.model import SHARED_PRESETS
+
+        return {**SHARED_PRESETS, **self.presets}
+
     def resolve(self, preset: str | None = None, budget_overrides: dict[str, Any] | None = None,
                 flags: dict[str, Any] | None = None, budget_name: str = "budget",
                 preset_values: dict[str, Any] | None = None) -> Any:
@@ -68,10 +74,11 @@ class Variant:
         if budget_overrides:
             config = replace(config, budget_overrides, f"budget {budget_name} [model]")
         if preset:
-            if preset_values is None and preset not in self.presets:
-                known = ", ".join(sorted(self.presets)) or "none"
+            presets = self.all_presets()
+            if preset_values is None and preset not in presets:
+                known = ", ".join(sorted(presets)) or "none"
                 raise UserError(f"variant {self.name!r} has no preset {preset!r}; presets: {known}")
-            values = self.presets[preset] if preset_values is None else preset_values
+            values = presets[preset] if preset_values is None else preset_values
             config = replace(config, values, f"preset {self.name}:{preset}")
         if flags:
             config = replace(config, flags, "command line")
@@ -89,7 +96,8 @@ LOADED_HASHES: dict[str, str] = {}  # variant file → sha256 of the bytes that 
 # the command line.
 RESERVED_FIELD_NAMES = frozenset({
     "variant", "preset", "preset_file", "budget", "seed", "run_id", "results_dir", "data_root", "data_dir",
-    "tokenizer", "device", "compile", "precision", "max_steps", "quiet", "note", "json", "grid", "seeds", "name",
+    "tokenizer", "dataset", "device", "compile", "precision", "max_steps", "quiet", "note", "json", "grid",
+    "seeds", "name", "keep_weights",
     "executor", "parallel", "partition", "account", "qos", "cpus_per_task", "mem_gb", "margin_minutes",
     "max_concurrent", "dry_run", "wait", "trials", "objectives", "search", "only", "pruner", "report_at",
     "storage", "workers", "sampler_seed", "reeval_top", "reeval_seeds", "heartbeat_grace", "time_minutes",

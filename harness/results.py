@@ -89,6 +89,11 @@ OPTIONAL_FIELDS = {
     "val_bpb_post_quant": _NUM, "eval_seconds_post_quant": _NUM, "compile": _DICT, "pruned_at": _DICT,
     "wallclock_seconds_total": _NUM, "outside_training_fraction": _NUM, "preflight": _DICT,
     "variant_sha256": _STR, "code_sha256": _STR, "sealed": _DICT, "techniques": _LIST, "technique_proof": _DICT,
+    "dataset_text_hash": _STR, "eval_scheme": _DICT, "export_seconds": _NUM, "late_qat_steps": _INT,
+    "val_loss_post_quant_standard": _NUM, "val_bpb_post_quant_standard": _NUM,
+    # a challenge script run as it is (harness/script_run.py)
+    "script": _STR, "script_sha256": _STR, "script_env": _DICT, "launch": _LIST, "exit_code": _INT,
+    "score_line": _STR,
 }
 # Inside tables and lists: what reports read from them.
 NESTED_FIELDS = {

@@ -33,6 +33,7 @@ class RunSpec:
     precision: str | None = None     # None: the challenge's scheme on CUDA, fp32 on CPU (harness.precision)
     max_steps: int | None = None     # overrides the budget's step cap (tests, quick checks)
     preflight: bool = True           # the conformance checks before training (harness.conformance); off: unverified
+    keep_weights: bool = False       # also save the trained full-precision weights (weights.pt), to export again
     techniques: list = field(default_factory=list)  # [(TechniqueSpec, config)] in application order
     quiet: bool = False
     note: str | None = None          # free text kept in the record (what this run is for)
@@ -59,13 +60,17 @@ class RunSpec:
                 for spec, config in self.techniques]
 
     def label(self) -> str:
-        """The variant's name with its techniques, safe for a folder name: baseline-with-mtp-deep_supervision."""
+        """The variant's name with its techniques and the export and eval schemes that are not the defaults, safe
+        for a folder name: baseline-with-mtp-deep_supervision, baseline-gptq-zstd-sliding."""
+        axes = "".join(f"-{value}" for value, default in ((getattr(self.config, "export", None), "int8-zlib"),
+                                                          (getattr(self.config, "eval", None), "standard"))
+                       if value is not None and value != default)
         names = [spec.name for spec, _ in self.techniques]
         if not names:
-            return self.variant.name
+            return self.variant.name + axes
         shown = names[:3] if len(names) > 4 else names  # a folder name stays short; the record lists them all
         more = f"-and-{len(names) - len(shown)}-more" if len(shown) < len(names) else ""
-        return f"{self.variant.name}-with-{'-'.join(shown)}{more}"
+        return f"{self.variant.name}{axes}-with-{'-'.join(shown)}{more}"
 
     def overrides(self, world_size: int | None = None) -> list[dict]:
         """Every departure from the budget's contract, with the budget's value and the effective one. A run with
@@ -91,9 +96,10 @@ class RunSpec:
 
 
 def hashed_config(config: dict) -> dict:
-    """A config's fields as run ids and leaderboard rows key them: model options at their defaults are left
-    out, so adding them to every family kept the ids and rows of runs made before them."""
-    from harness.model import MODEL_OPTIONS, GPTConfig
+    """A config's fields as run ids and leaderboard rows key them: fields added later (model options, trainer
+    options, export and eval schemes) are left out at their defaults, so adding them to every family kept the
+    ids and rows of runs made before them; a run on another export or eval scheme gets a row of its own."""
+    from harness.model import LATER_FIELDS, GPTConfig
 
     defaults = GPTConfig()
-    return {k: v for k, v in config.items() if not (k in MODEL_OPTIONS and v == getattr(defaults, k))}
+    return {k: v for k, v in config.items() if not (k in LATER_FIELDS and v == getattr(defaults, k))}

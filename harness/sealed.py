@@ -51,6 +51,7 @@ class Validation:
     cap_tokens: int
     tables: object  # harness.data.tokenizers.ByteTables
     batch_tokens: int
+    scheme: dict | None = None  # the eval scheme (harness.train.eval_scheme); None: standard
 
 
 class SealedFailure(RuntimeError):
@@ -104,6 +105,7 @@ def _lay_out(bundle: Path, model_files, variant_file: Path) -> tuple[list[str], 
 
 
 def round_trip(variant, config, blob: bytes, model_files, *, counted: str, device: torch.device, precision: str,
+               script_bytes: int | None = None,
                probe_tokens: torch.Tensor, probe_logits: torch.Tensor, validation: Validation | None = None,
                timeout: float = 3600.0) -> dict:
     """Rebuild, compare and (with `validation`) score the artifact in a sealed process; its result as a dict:
@@ -123,7 +125,8 @@ def round_trip(variant, config, blob: bytes, model_files, *, counted: str, devic
         (bundle / "model.int8.ptz").write_bytes(blob)
         torch.save({"tokens": probe_tokens.cpu(), "logits": probe_logits.float().cpu()}, bundle / "probe.pt")
         spec = {"variant": variant.name, "variant_file": variant_rel, "variant_sha256": current,
-                "config": as_dict(config), "model_files": inside, "counted": counted, "device": str(device),
+                "config": as_dict(config), "model_files": inside, "counted": counted, "script_bytes": script_bytes,
+                "device": str(device),
                 "precision": precision, "threads": torch.get_num_threads(),
                 "harness_hashes": integrity.FILE_HASHES, "validation": None}
         if validation is not None:
@@ -131,7 +134,8 @@ def round_trip(variant, config, blob: bytes, model_files, *, counted: str, devic
                      has_leading_space=validation.tables.has_leading_space,
                      is_boundary=validation.tables.is_boundary)
             spec["validation"] = {"files": [str(f) for f in validation.files], "seq_len": validation.seq_len,
-                                  "cap_tokens": validation.cap_tokens, "batch_tokens": validation.batch_tokens}
+                                  "cap_tokens": validation.cap_tokens, "batch_tokens": validation.batch_tokens,
+                                  "scheme": validation.scheme or {"name": "standard"}}
         (bundle / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         nonce = secrets.token_hex(16)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
@@ -182,6 +186,7 @@ def _child(bundle: Path) -> dict:
     from harness import artifact, guard, precision, registry
     from harness.config import replace
     from harness.data.tokenizers import ByteTables
+    from harness.evaluation import EvalScheme, evaluate_scheme
     from harness.metric import ScoredModel, evaluate, load_validation, split_output
 
     spec = json.loads((bundle / "spec.json").read_text(encoding="utf-8"))
@@ -228,15 +233,23 @@ def _child(bundle: Path) -> dict:
     result = {"probe_diff": diff if np.isfinite(diff) else None,
               "probe_scale": float(expected.abs().max()) if expected.numel() else 0.0}
     if val is not None:
+        scheme = EvalScheme(**spec["validation"]["scheme"])
+        batch_tokens = spec["validation"]["batch_tokens"]
+        scored = ScoredModel(model).to(device)
+        if scheme.name != "standard":  # the plain windows' score too, before test-time training changes the model
+            result["val_loss_post_quant_standard"], result["val_bpb_post_quant_standard"] = evaluate(
+                scored, val, batch_tokens, 0, 1, device, autocast_dtype)
         t_eval = time.perf_counter()
-        result["val_loss"], result["val_bpb"] = evaluate(ScoredModel(model).to(device), val,
-                                                         spec["validation"]["batch_tokens"], 0, 1, device,
-                                                         autocast_dtype)
+        result["val_loss"], result["val_bpb"], result["eval_scheme"] = evaluate_scheme(
+            scored, val, scheme, batch_tokens, 0, 1, device, autocast_dtype)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         result["eval_seconds"] = time.perf_counter() - t_eval
     code_files = [bundle / f for f in spec["model_files"]]
-    size = artifact.measure(blob, code_files, spec["counted"])
+    # the self-contained script's size (harness/submission.py) comes from the training process, which names the
+    # files by their places in the repository; the copies here are what it embeds
+    script = (spec["script_bytes"], tuple(code_files)) if spec.get("script_bytes") is not None else None
+    size = artifact.measure(blob, code_files, spec["counted"], script)
     result.update(model_bytes=size.model_bytes, code_bytes=size.code_bytes, model_code_bytes=size.model_code_bytes,
                   submission_code_bytes=size.submission_code_bytes, code_sha256=sha256_files(code_files))
     changed = integrity.verify()

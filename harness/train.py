@@ -8,6 +8,7 @@ warm-up steps are undone. Every ending — ok, over the cap, diverged, interrupt
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from harness.data.loader import DistributedTokenLoader, plan_accumulation
 from harness.errors import UserError
 from harness.metric import ScoredModel, autocast, evaluate, load_validation
 from harness.optim import build_optimizers, zeropower_via_newtonschulz5
+from harness.qat import LateQAT
 from harness.registry import Variant
 from harness.results import (
     SCHEMA_VERSION,
@@ -220,6 +222,9 @@ def run(spec: RunSpec) -> dict:
                         f"token vocabulary but the model has --vocab-size {c.vocab_size}; "
                         f"pass --vocab-size {dataset.tokenizer.vocab_size}")
     check_shard_lengths(dataset, b.seq_len)
+    if c.eval != "standard" and c.eval_stride > b.seq_len:
+        raise UserError(f"--eval-stride {c.eval_stride} is longer than the budget's seq_len {b.seq_len}: a window "
+                        f"would skip tokens; use a stride of at most {b.seq_len} (64 is the records')")
     guard.protect(spec.data_root or default_data_root(), dataset.directory)  # the harness reads data for a model
     preflight = preflight_checks(spec)
     technique_proof = (technique_proof_of(spec.variant, c, spec.techniques, {"tables": dataset.tokenizer.tables})
@@ -264,6 +269,7 @@ def run(spec: RunSpec) -> dict:
         extra.param_groups[0]["base_lr"] = c.scalar_lr
         optimizers.append(extra)
     compiled, trainer = wrap_for_training(scored, model, use_compile, fullgraph, world_size, device, local_rank)
+    qat = LateQAT(model, c.export, c.late_qat) if c.late_qat > 0 else None
 
     config_hash = spec.config_hash()
     run_id = spec.run_id or new_run_id(spec.label(), b.name, spec.seed, config_hash)
@@ -292,6 +298,8 @@ def run(spec: RunSpec) -> dict:
         "param_count": param_count, "stored_param_count": stored_param_count,
         "model_flops_per_token": flops_per_token, "variant_sha256": spec.variant.source_sha256,
     }
+    if getattr(dataset, "text_hash", None):  # the same text in another tokenization shares its leaderboard
+        record["dataset_text_hash"] = dataset.text_hash
     if "entropy_bits_per_byte" in dataset.meta:
         record["dataset_entropy_bits_per_byte"] = dataset.meta["entropy_bits_per_byte"]
     if dataset.source is not None:
@@ -327,11 +335,7 @@ def run(spec: RunSpec) -> dict:
             torch.cuda.synchronize(device)
 
     def lr_scale(step: int, elapsed_ms: float) -> float:
-        """Flat, then linear decay to 0 over the last warmdown_steps, the start predicted from the step time."""
-        if c.warmdown_steps <= 0:
-            return 1.0
-        by_clock = (cap_ms - elapsed_ms) / (elapsed_ms / step) if step > 0 and elapsed_ms > 0 else math.inf
-        return max(0.0, min(1.0, min(by_clock, max_steps - step) / c.warmdown_steps))
+        return warmdown_scale(step, elapsed_ms, cap_ms, max_steps, c.warmdown_steps, c.min_lr)
 
     def train_step(step: int, elapsed_ms: float) -> torch.Tensor:
         progress = min(1.0, max(elapsed_ms / cap_ms, step / max_steps))  # how far training is, 0 → 1
@@ -339,16 +343,21 @@ def run(spec: RunSpec) -> dict:
             stack.start_step(model, step, progress)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
+        scale = lr_scale(step, elapsed_ms)
+        if stack is not None:
+            scale = stack.lr_scale(scale, step, progress)
+        quantised = qat is not None and qat.active(scale)
+        if quantised:  # forward and backward on the exported weights; the update goes to the full-precision ones
+            qat.quantise()
         batches = (loader.next_batch(b.tokens_per_step, b.seq_len, accumulation) for _ in range(accumulation))
         train_loss = accumulate(trainer, model, batches, accumulation, world_size, device, autocast_dtype)
+        if quantised:
+            qat.restore()
         if stack is not None:
             stack.after_backward(model)
         frac = min(step / c.muon_momentum_warmup_steps, 1.0) if c.muon_momentum_warmup_steps > 0 else 1.0
         for group in muon.param_groups:
             group["momentum"] = (1 - frac) * c.muon_momentum_warmup_start + frac * c.muon_momentum
-        scale = lr_scale(step, elapsed_ms)
-        if stack is not None:
-            scale = stack.lr_scale(scale, step, progress)
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * scale
@@ -419,6 +428,8 @@ def run(spec: RunSpec) -> dict:
             for opt, state in zip(optimizers, initial_opts):
                 opt.load_state_dict(state)
             loader = new_loader()
+            if qat is not None:
+                qat.steps = 0  # the undone warm-up's do not count
         sync()
         record["warmup_seconds"] = time.perf_counter() - t_warm
         log(f"warm-up: {warmup_steps} steps in {record['warmup_seconds']:.1f}s (not charged; state restored)")
@@ -538,8 +549,23 @@ def run(spec: RunSpec) -> dict:
                 f"{record['eval_seconds']:.1f}s")
 
         # ------------------------------------------------------------------ EXPORT + ROUND TRIP
-        blob = artifact.compress(hooks.exported_state(model))
-        size = artifact.measure(blob, code_files, b.code_bytes)
+        if spec.keep_weights and master:  # the weights before any export, so other schemes can be tried on them
+            buf = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+            write_atomic(run_dir / "weights.pt", buf.getvalue())
+        t_export = time.perf_counter()
+        hessians = None
+        if artifact.needs_hessians(c.export):  # inputs of the weights from training batches (never validation)
+            calibration = new_loader()
+            hessians = artifact.collect_hessians(
+                model, (calibration.next_batch(b.tokens_per_step, b.seq_len, accumulation)[0]
+                        for _ in range(c.export_calibration_batches)), set(hooks.exported_state(model)))
+        blob = artifact.compress(hooks.exported_state(model), c.export, hessians)
+        record["export_seconds"] = time.perf_counter() - t_export
+        if qat is not None:
+            record["late_qat_steps"] = qat.steps
+        script = submission_script_size(spec, code_files)
+        size = artifact.measure(blob, code_files, b.code_bytes, script)
         if master:
             write_atomic(run_dir / "model.int8.ptz", blob)
         record.update(artifact_model_bytes=size.model_bytes, artifact_code_bytes=size.code_bytes,
@@ -561,10 +587,12 @@ def run(spec: RunSpec) -> dict:
                                                f" a variant may only define its model")
                 probe = val.tokens[:min(2, val.num_sequences) * b.seq_len].long().view(-1, b.seq_len).to(device)
                 result = sealed.round_trip(
-                    spec.variant, c, blob, code_files, counted=b.code_bytes, device=device, precision=scheme,
+                    spec.variant, c, blob, code_files, counted=b.code_bytes, script_bytes=script[0], device=device,
+                    precision=scheme,
                     probe_tokens=probe, probe_logits=sealed.probe_logits(model, probe),
                     validation=sealed.Validation(tuple(str(f) for f in dataset.val_files), b.seq_len,
-                                                 b.val_tokens_cap, dataset.tokenizer.tables, val_batch_tokens),
+                                                 b.val_tokens_cap, dataset.tokenizer.tables, val_batch_tokens,
+                                                 eval_scheme(c, b.eval_seconds_limit)),
                     timeout=max(600.0, 4 * b.eval_seconds_limit))
                 record.update(val_loss_post_quant=result["val_loss"], val_bpb_post_quant=result["val_bpb"],
                               eval_seconds_post_quant=result["eval_seconds"], variant_sha256=result["variant_sha256"],
@@ -573,7 +601,11 @@ def run(spec: RunSpec) -> dict:
                               artifact_total_bytes=result["model_bytes"] + result["code_bytes"],
                               artifact_model_code_bytes=result["model_code_bytes"],
                               artifact_submission_code_bytes=result["submission_code_bytes"],
-                              sealed={k: result[k] for k in ("probe_diff", "probe_scale", "seconds", "eval_seconds")})
+                              sealed={k: result[k] for k in ("probe_diff", "probe_scale", "seconds", "eval_seconds")},
+                              eval_scheme=result["eval_scheme"])
+                if "val_bpb_post_quant_standard" in result:  # the scheme's score beside the plain windows'
+                    record.update(val_loss_post_quant_standard=result["val_loss_post_quant_standard"],
+                                  val_bpb_post_quant_standard=result["val_bpb_post_quant_standard"])
                 problem = sealed.probe_mismatch(result)
                 if problem:
                     hidden = artifact.differing_unstored(model, restored)
@@ -590,8 +622,9 @@ def run(spec: RunSpec) -> dict:
                     f" (model {record['artifact_model_bytes']:,} + {size.code_counted} code "
                     f"{record['artifact_code_bytes']:,}; cap {b.artifact_cap_bytes:,}) | logits match the trained "
                     f"model's | {record['sealed']['seconds']:.1f}s")
+            scoring_seconds = record["eval_seconds_post_quant" if c.eval != "standard" else "eval_seconds"]
             status = ("over_cap" if record["artifact_total_bytes"] > b.artifact_cap_bytes else
-                      "over_eval_limit" if record["eval_seconds"] > b.eval_seconds_limit else "ok")
+                      "over_eval_limit" if scoring_seconds > b.eval_seconds_limit else "ok")
     except KeyboardInterrupt:
         status = "interrupted"
         log("interrupted during evaluation; writing what the run produced")
@@ -609,6 +642,32 @@ def run(spec: RunSpec) -> dict:
     if distributed:
         dist.barrier()
     return record
+
+
+def warmdown_scale(step: int, elapsed_ms: float, cap_ms: float, max_steps: int, warmdown_steps: int,
+                   min_lr: float = 0.0) -> float:
+    """The LR multiplier: flat, then linear decay over the last warmdown_steps to 0, or to the min_lr floor; the
+    decay's start is predicted from the step time so that it ends at the clock's cap (or at the step cap)."""
+    if warmdown_steps <= 0:
+        return 1.0
+    by_clock = (cap_ms - elapsed_ms) / (elapsed_ms / step) if step > 0 and elapsed_ms > 0 else math.inf
+    return max(min_lr, min(1.0, min(by_clock, max_steps - step) / warmdown_steps))
+
+
+def submission_script_size(spec: RunSpec, code_files: list[Path]) -> tuple[int, tuple[Path, ...]]:
+    """(bytes, files) of the one self-contained script that reproduces this run, as `export` writes it
+    (harness/submission.py): the code bytes a submission of it would count."""
+    from harness import submission  # the exported script carries this module's code as its runner, not as an import
+
+    files = submission.bundle_files(code_files)
+    return len(submission.bundle_script(files, submission.settings_from_spec(spec))), tuple(files)
+
+
+def eval_scheme(c, time_limit_seconds: float) -> dict:
+    """How the score of record is taken (harness/evaluation.py), from the config's eval fields."""
+    return {"name": c.eval, "stride": c.eval_stride, "ttt_chunk_tokens": c.ttt_chunk_tokens,
+            "ttt_epochs": c.ttt_epochs, "ttt_lr": c.ttt_lr, "ttt_momentum": c.ttt_momentum,
+            "time_limit_seconds": time_limit_seconds}
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -62,7 +62,9 @@ def test_common_flags_are_pinned():
         "logit_softcap", "qk_gain_init", "tied_embed_init_std", "matrix_lr", "scalar_lr", "tied_embed_lr",
         "muon_momentum", "muon_momentum_warmup_start", "muon_momentum_warmup_steps", "muon_backend_steps",
         "beta1", "beta2", "adam_eps", "grad_clip_norm", "warmdown_steps", "mlp_activation", "norm",
-        "residual_scale", "qk_norm", "position", "rope_fraction", "cope_positions"]
+        "residual_scale", "qk_norm", "position", "rope_fraction", "cope_positions", "muon_weight_decay",
+        "adam_weight_decay", "min_lr", "late_qat", "export", "export_calibration_batches", "eval", "eval_stride",
+        "ttt_chunk_tokens", "ttt_epochs", "ttt_lr", "ttt_momentum"]
     for f in dataclasses.fields(GPTConfig):
         assert f.metadata.get("help"), f"{f.name} has no help text"
 

@@ -13,8 +13,8 @@ from harness.config import as_dict
 from harness.errors import UserError
 from harness.model import (
     GPT,
+    LATER_FIELDS,
     MLP,
-    MODEL_OPTIONS,
     CausalSelfAttention,
     GPTConfig,
     Rotary,
@@ -105,7 +105,7 @@ def test_residual_scales_and_norms():
 def test_default_options_leave_the_run_id_as_it_was():
     """Runs made before the options existed keep their ids and leaderboard rows: options at their defaults are
     not hashed."""
-    assert set(hashed_config(as_dict(GPTConfig()))) == set(as_dict(GPTConfig())) - set(MODEL_OPTIONS)
+    assert set(hashed_config(as_dict(GPTConfig()))) == set(as_dict(GPTConfig())) - set(LATER_FIELDS)
     assert hashed_config(as_dict(dataclasses.replace(GPTConfig(), norm="layer")))["norm"] == "layer"
 
 

@@ -169,7 +169,8 @@ def test_runs_that_depart_from_the_budget_or_its_data_never_share_a_leaderboard(
         if record["variant"] == "baseline":
             record["overrides"] = []  # as if under the plain budget
         elif record["variant"] == "depth_recurrence":
-            record["dataset_hash"] = "0" * 64  # other data under the same budget name
+            record["dataset_hash"] = "0" * 64  # other data under the same budget name (other text, too: the
+            record["dataset_text_hash"] = "1" * 64  # same text in another tokenization would share the board)
     results = copy_results(smoke_results, tmp_path / "r", depart)
     boards = tables.build_leaderboards(tables.load_runs(results))
     assert sorted(b.table["label"].to_list()[0] for b in boards) == ["baseline", "depth_recurrence", "mla:gqa_latent64"]

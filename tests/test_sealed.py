@@ -19,6 +19,8 @@ from harness.budget import load_budget
 from harness.data.datasets import resolve_dataset
 from harness.metric import load_validation
 from harness.registry import get_variant
+from harness.runspec import RunSpec
+from harness.train import submission_script_size
 
 CHEATERS = REPO / "tests" / "fixtures" / "cheaters"
 
@@ -50,7 +52,9 @@ def test_the_score_of_record_is_the_sealed_processes_and_is_reproduced_from_the_
     val = load_validation(dataset.val_files, b.seq_len, b.val_tokens_cap, dataset.tokenizer.tables)
     model = artifact.restore(variant.construct, config, blob)
     probe = val.tokens[:2 * b.seq_len].long().view(2, b.seq_len)
-    again = sealed.round_trip(variant, config, blob, artifact.model_source_files(model, variant.source_file),
+    files = artifact.model_source_files(model, variant.source_file)
+    script_bytes, _ = submission_script_size(RunSpec(variant=variant, config=config, budget=b, max_steps=3), files)
+    again = sealed.round_trip(variant, config, blob, files, script_bytes=script_bytes,
                               counted=b.code_bytes, device=torch.device("cpu"), precision="fp32", probe_tokens=probe,
                               probe_logits=sealed.probe_logits(model, probe),
                               validation=sealed.Validation(tuple(map(str, dataset.val_files)), b.seq_len,

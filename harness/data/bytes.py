@@ -154,8 +154,8 @@ def _build(source, out: Path, log) -> None:
 
 
 def byte_form(source, data_root: Path, log=print):
-    """The byte260 Dataset derived from `source` (built or rebuilt as needed), with `source` attached; a
-    dataset already in byte260 is its own byte form."""
+    """The byte260 Dataset derived from `source` (built or rebuilt as needed), with `source` attached and its
+    text_hash; a dataset already in byte260 is its own byte form."""
     from harness.data.datasets import from_directory
 
     if source.tokenizer.processor is None:
@@ -170,7 +170,7 @@ def byte_form(source, data_root: Path, log=print):
             FORMAT_VERSION, source.content_hash, source.tokenizer.content_hash):
         _build(source, out, log)
     dataset = from_directory(out, f"{source.name}_bytes", data_root=data_root)
-    return dataclasses.replace(dataset, source=source)
+    return dataclasses.replace(dataset, source=source, text_hash=source.text_hash)  # the same text, in bytes
 
 
 def coverage(dataset, seq_len: int, cap_tokens: int, scored_bytes: int) -> dict:

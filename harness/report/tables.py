@@ -133,11 +133,18 @@ def to_run(record: dict, path: Path | None = None) -> Run:
     used = [t.get("name") for t in record.get("techniques") or [] if isinstance(t, dict)]
     if used:  # techniques are part of what was run: a row of their own
         key["techniques"] = record.get("techniques")
+    if record.get("script_sha256"):  # two scripts of the same name are two submissions
+        key["script_sha256"] = record["script_sha256"]
     config_key = hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     hardware = hardware_name(record)
     row = {name: record.get(name) for name in RUN_SCHEMA}
     preset = record.get("preset")
-    dataset = (f"{record.get('dataset')} ({str(record.get('dataset_hash'))[:8]}), tokenizer "
+    # Tokenizations of the same text share a leaderboard (val_bpb counts bytes, so their scores compare); the
+    # tokenizer is then part of the row (the budget's dataset and the vocabulary are in its key; the row's
+    # parameters show vocab_size).
+    text = record.get("dataset_text_hash")
+    dataset = (f"text {str(text)[:8]} in any tokenization" if text else
+               f"{record.get('dataset')} ({str(record.get('dataset_hash'))[:8]}), tokenizer "
                f"{record.get('tokenizer')} ({str(record.get('tokenizer_hash'))[:8]})")
     group = (record.get("budget_name"), hardware, dataset, overrides_text(record))
     # The folder names the run (and its page): a record copied from elsewhere cannot point outside it.

@@ -261,7 +261,7 @@ def write_presets(settings: st.Settings, chosen: list[tuple[str, object, str]]) 
     from harness.registry import get_variant
 
     variant, _ = get_variant(settings.variant)
-    base = variant.presets.get(settings.preset, {}) if settings.preset else {}  # a preset holds all it needs
+    base = variant.all_presets().get(settings.preset, {}) if settings.preset else {}  # a preset holds all it needs
     lines = [f"# Study {settings.name}: {settings.variant} under {budget}, "
              f"objectives {', '.join(settings.objectives)}.",
              f"# Use: {rerun_command(settings, path)} --preset {chosen[0][0]}{with_flags(settings, chosen[0][1])}",

@@ -69,6 +69,18 @@ OPTIMIZER_SPACE: dict[str, Dim] = {
     "muon_momentum": Float(0.85, 0.98),
 }
 
+# The records' trainer levers and the export scheme, searched when asked: `--search muon_weight_decay` takes the
+# range below (ranges around the records' values: Muon/Adam WD 0.04, MIN_LR 0.1, LATE_QAT_THRESHOLD 0.15),
+# `--search muon_weight_decay=0.02..0.06` a range of its own. Not in every study: each is a choice of recipe.
+TRAINER_SPACE: dict[str, Dim] = {
+    "muon_weight_decay": Float(0.0, 0.1),
+    "adam_weight_decay": Float(0.0, 0.1),
+    "min_lr": Float(0.0, 0.2),
+    "late_qat": Float(0.0, 0.3),
+    "muon_momentum_warmup_start": Float(0.8, 0.95),
+    "export": Choice("int8-zlib", "int6-zstd", "gptq-zstd", "mixed-zstd"),
+}
+
 
 def check(space: dict[str, Dim], config_cls: type, source: str) -> None:
     """Every dimension names a field of the config, has the field's type and stays inside its declared range."""
@@ -109,11 +121,15 @@ def check(space: dict[str, Dim], config_cls: type, source: str) -> None:
 
 
 def parse_search(config_cls: type, text: str) -> tuple[str, Dim]:
-    """`NAME=LOW..HIGH`, `NAME=LOW..HIGH:log` or `NAME=A,B,C` (choices) for the field NAME."""
+    """`NAME=LOW..HIGH`, `NAME=LOW..HIGH:log` or `NAME=A,B,C` (choices) for the field NAME; a bare `NAME` of
+    TRAINER_SPACE takes its range there."""
     name, eq, spec = text.partition("=")
     name = name.strip().lstrip("-").replace("-", "_")
+    if not eq and name in TRAINER_SPACE and name in {f.name for f in dataclasses.fields(config_cls)}:
+        return name, TRAINER_SPACE[name]
     if not eq or not spec:
-        raise UserError(f"--search {text!r}: write NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A,B,C")
+        raise UserError(f"--search {text!r}: write NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A,B,C (a bare name "
+                        f"for one of {', '.join(TRAINER_SPACE)})")
     if name not in {f.name for f in dataclasses.fields(config_cls)}:
         raise UserError(f"--search {text!r}: {name!r} is not a parameter of {config_cls.__name__}")
     kind = field_type(config_cls, name)
