@@ -406,6 +406,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("Common parameters (every variant takes these; a variant may change a default):")
     for f in dataclasses.fields(GPTConfig):
         print(flag_line(f, f.default))
+    from harness.model import SHARED_PRESETS
+
+    for preset in SHARED_PRESETS:  # listed once here, with their values under baseline below
+        print(f"Every variant also takes --preset {preset} (docs/LEVERS.md).")
     for name in known_variant_names():
         variant, _ = get_variant(name)
         summary = variant.doc.strip().splitlines()[0] if variant.doc.strip() else ""

@@ -49,8 +49,12 @@ class Variant:
 
         ignored = ignored_options(model, config) if isinstance(config, GPTConfig) else []
         if ignored:
+            flag = ignored[0].split()[0]
+            default = getattr(GPTConfig(), flag[2:].replace("-", "_"))
             raise UserError(f"{ignored[0]} does not apply to variant {self.name!r}: its own code replaces the shared "
-                            f"piece that option changes; leave it at its default")
+                            f"piece that option changes; leave it at its default (add {flag} "
+                            f"{str(default).lower() if isinstance(default, bool) else default} where a preset such as "
+                            f"record-stack sets it)")
         return model
 
     @property

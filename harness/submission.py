@@ -68,20 +68,49 @@ def _closure(start: Iterable[Path], anywhere: bool) -> set[Path]:
     return seen
 
 
+def _cached(kind: str, key: str, make) -> str:
+    """`make()`, a string that is a function of `key`, kept under data/cache/bundle/ so that every run (most of
+    them fresh processes) does not parse the harness and pack it again: 0.6 s a run otherwise. A cache that
+    cannot be read or written is skipped."""
+    from harness.data.datasets import default_data_root
+    from harness.results import write_atomic
+
+    path = default_data_root() / "cache" / "bundle" / f"{kind}-{key}"
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        pass
+    value = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, value.encode("utf-8"))
+    except OSError:
+        pass
+    return value
+
+
 @functools.cache
 def harness_files() -> tuple[Path, ...]:
     """The harness modules a run executes: artifact.trainer_source_files() (train.py and its module-level imports),
     what train.py reaches through imports inside functions too (registering a variant checks its search space
     with harness/tune/space.py; a budget's dataset is built by harness/data/builtin.py), the modules
-    integrity.freeze() imports before a plugin loads (harness/cli.py among them), and each package's __init__.py."""
-    from harness import artifact, integrity
+    integrity.freeze() imports before a plugin loads (harness/cli.py among them), and each package's __init__.py.
+    Cached by the harness files' hashes as the process first imported them."""
+    from harness import integrity
 
-    run_modules = [REPO_ROOT.joinpath(*m.split(".")).with_suffix(".py") for m in integrity.RUN_MODULES]
-    files = (set(artifact.trainer_source_files()) | _closure([REPO_ROOT / "harness" / "train.py"], anywhere=True)
-             | _closure(run_modules, anywhere=False))
-    packages = {parent / "__init__.py" for f in files for parent in f.parents if parent.is_relative_to(
-        REPO_ROOT / "harness")}
-    return tuple(sorted(f.resolve() for f in files | {p for p in packages if p.is_file()}))
+    def find() -> str:
+        from harness import artifact
+
+        run_modules = [REPO_ROOT.joinpath(*m.split(".")).with_suffix(".py") for m in integrity.RUN_MODULES]
+        files = (set(artifact.trainer_source_files()) | _closure([REPO_ROOT / "harness" / "train.py"], anywhere=True)
+                 | _closure(run_modules, anywhere=False))
+        packages = {parent / "__init__.py" for f in files for parent in f.parents if parent.is_relative_to(
+            REPO_ROOT / "harness")}
+        found = sorted(f.resolve() for f in files | {p for p in packages if p.is_file()})
+        return json.dumps([f.relative_to(REPO_ROOT).as_posix() for f in found])
+
+    key = hashlib.sha256(json.dumps(integrity.FILE_HASHES, sort_keys=True).encode()).hexdigest()[:32]
+    return tuple(REPO_ROOT / rel for rel in json.loads(_cached("files", key, find)))
 
 
 def bundle_files(model_files: Iterable[Path]) -> list[Path]:
@@ -211,6 +240,13 @@ from pathlib import Path
 '''
 
 
+def packed_files(files: Mapping[str, bytes]) -> str:
+    """embed_files(files), cached by the files' names and contents."""
+    key = hashlib.sha256(json.dumps(sorted((n, hashlib.sha256(d).hexdigest()) for n, d in files.items()))
+                         .encode()).hexdigest()[:32]
+    return _cached("packed", key, lambda: embed_files(files))
+
+
 def embed_files(files: Mapping[str, bytes]) -> str:
     """Comment lines holding `files` ({name: bytes of UTF-8 text}): one header line per file (its path, size and
     sha256, in name order), then their bytes one after another, packed once (lzma, base85) on one line, since
@@ -240,7 +276,7 @@ def bundle_script(files: list[Path], settings: dict) -> bytes:
             + '\n""")\n' + constants + "\n\n" + code + '\n\nif __name__ == "__main__":\n'
             "    sys.exit(bundle_main(Path(__file__).resolve(), SETTINGS))\n\n"
             "# " + "-" * 100 + " the embedded files\n"
-            + embed_files({name: path.read_bytes() for name, path in names.items()}))
+            + packed_files({name: path.read_bytes() for name, path in names.items()}))
     return text.encode("utf-8")
 
 
