@@ -86,9 +86,9 @@ class EvalScheme:
 
 
 def scheme_flag(field_name: str) -> str:
-    """The command-line flag of an EvalScheme field: --eval-scheme, --eval-stride, --ttt-lr, ..."""
+    """The command-line flag of an EvalScheme field: --eval, --eval-stride, --ttt-lr, ..."""
     if field_name == "name":
-        return "--eval-scheme"
+        return "--eval"
     prefix = "--" if field_name.startswith("ttt_") else "--eval-"
     return prefix + field_name.replace("_", "-")
 

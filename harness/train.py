@@ -42,6 +42,7 @@ from harness.config import as_dict, stable_hash
 from harness.data.datasets import check_shard_lengths, default_data_root, resolve_dataset
 from harness.data.loader import DistributedTokenLoader, plan_accumulation
 from harness.errors import UserError
+from harness.evaluation import EvalScheme
 from harness.metric import ScoredModel, autocast, evaluate, load_validation
 from harness.optim import build_optimizers, zeropower_via_newtonschulz5
 from harness.qat import LateQAT
@@ -222,9 +223,7 @@ def run(spec: RunSpec) -> dict:
                         f"token vocabulary but the model has --vocab-size {c.vocab_size}; "
                         f"pass --vocab-size {dataset.tokenizer.vocab_size}")
     check_shard_lengths(dataset, b.seq_len)
-    if c.eval != "standard" and c.eval_stride > b.seq_len:
-        raise UserError(f"--eval-stride {c.eval_stride} is longer than the budget's seq_len {b.seq_len}: a window "
-                        f"would skip tokens; use a stride of at most {b.seq_len} (64 is the records')")
+    EvalScheme(**eval_scheme(c, b.eval_seconds_limit)).check(b.seq_len)  # refused now, not after training
     guard.protect(spec.data_root or default_data_root(), dataset.directory)  # the harness reads data for a model
     preflight = preflight_checks(spec)
     technique_proof = (technique_proof_of(spec.variant, c, spec.techniques, {"tables": dataset.tokenizer.tables})

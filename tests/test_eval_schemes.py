@@ -142,7 +142,7 @@ def test_ttt_time_limit_stops_training_and_scores_the_rest(tiny_model):
 
 
 @pytest.mark.parametrize("changes,flag", [
-    ({"name": "beam"}, "--eval-scheme"), ({"stride": 0}, "--eval-stride"), ({"ttt_epochs": -1}, "--ttt-epochs"),
+    ({"name": "beam"}, "--eval="), ({"stride": 0}, "--eval-stride"), ({"ttt_epochs": -1}, "--ttt-epochs"),
     ({"ttt_lr": math.nan}, "--ttt-lr"), ({"ttt_momentum": 1.0}, "--ttt-momentum"),
     ({"time_limit_seconds": -1.0}, "--eval-time-limit-seconds"), ({"ttt_chunk_tokens": 2.5}, "--ttt-chunk-tokens")])
 def test_out_of_range_scheme_settings_are_user_errors(changes, flag):

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import harness_main, write_budget
 from harness import artifact
 from harness.budget import load_budget, with_dataset
 from harness.config import as_dict
@@ -92,3 +93,13 @@ def test_axes_at_their_defaults_keep_run_ids_and_other_values_name_the_run(tmp_p
     other = RunSpec(variant=variant, config=variant.resolve(None, None, {"export": "gptq-zstd", "eval": "sliding"}),
                     budget=budget)
     assert other.label() == "baseline-gptq-zstd-sliding" and other.config_hash() != plain.config_hash()
+
+
+def test_eval_settings_that_do_not_fit_the_budget_are_refused_before_training(tmp_path):
+    budget = write_budget(tmp_path / "tiny.toml")  # seq_len 64
+    for flags, message in ((["--eval", "ttt", "--ttt-chunk-tokens", "100"], "not a multiple of seq_len 64"),
+                           (["--eval", "sliding", "--eval-stride", "65"], "larger than seq_len 64")):
+        done = harness_main("run", "--variant", "baseline", "--budget", str(budget), "--results-dir",
+                            str(tmp_path / "r"), *flags)
+        assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "r").exists()
