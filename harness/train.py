@@ -553,13 +553,13 @@ def run(spec: RunSpec) -> dict:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
             write_atomic(run_dir / "weights.pt", buf.getvalue())
         t_export = time.perf_counter()
-        hessians = None
+        hessians, state = None, hooks.exported_state(model)
         if artifact.needs_hessians(c.export):  # inputs of the weights from training batches (never validation)
             calibration = new_loader()
             hessians = artifact.collect_hessians(
                 model, (calibration.next_batch(b.tokens_per_step, b.seq_len, accumulation)[0]
-                        for _ in range(c.export_calibration_batches)), set(hooks.exported_state(model)))
-        blob = artifact.compress(hooks.exported_state(model), c.export, hessians)
+                        for _ in range(c.export_calibration_batches)), set(state))
+        blob = artifact.compress(state, c.export, hessians)
         record["export_seconds"] = time.perf_counter() - t_export
         if qat is not None:
             record["late_qat_steps"] = qat.steps
