@@ -21,6 +21,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
+from harness.labels import format_value
 from harness.results import iter_records
 from harness.runspec import hashed_config
 
@@ -91,15 +92,6 @@ def probe_gflops(record: dict) -> float | None:
     values = [c.get("matmul_gflops") for c in (calibration.get("before"), calibration.get("after"))
               if isinstance(c, dict) and isinstance(c.get("matmul_gflops"), int | float)]
     return float(min(values)) if values else None
-
-
-def format_value(value) -> str:
-    """A config value for a table: floats to 4 significant digits (sampled learning rates carry 16)."""
-    if isinstance(value, list | tuple):
-        return ",".join(map(format_value, value))
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def key_params(config: dict, reference: dict | None, variant: str | None = None) -> str:
