@@ -1,5 +1,5 @@
-"""Command line: `python -m harness run | list | show | check | data | results | report | sweep | status | tune |
-export`.
+"""Command line: `python -m harness run | list | show | check | data | results | report | sweep | status | watch |
+tune | export`.
 
 Parsing turns words into a RunSpec; every user mistake becomes one line on stderr and exit code 2. Variant
 parameters are not declared here: they are derived from the variant's config dataclass, so a new field is a
@@ -143,12 +143,19 @@ def build_parser() -> Parser:
                            "kevclark/parameter-golf for sp4096 and sp8192, else willdepueoai/parameter-golf)")
     data.add_argument("--data-root", type=Path, help="root of data/ (default: data/ or $HARNESS_DATA_ROOT)")
 
-    res = sub.add_parser("results", help="table of recorded runs, best first")
+    res = sub.add_parser("results", help="table of recorded runs, best first, fitted to the terminal")
     res.add_argument("--variant", help="comma-separated variant names")
     res.add_argument("--budget", help="comma-separated budget names")
     res.add_argument("--status", help="comma-separated statuses (ok, over_cap, diverged, interrupted, failed, ...)")
     res.add_argument("--results-dir", type=Path)
     res.add_argument("--limit", type=COUNT, default=50, help="rows to print")
+    res.add_argument("--columns", metavar="A,B,C",
+                     help="columns to show, in order: run, label, status, val_bpb, delta, bytes, tok_s, steps, flags, "
+                          "seed, budget, variant, train_s")
+    res.add_argument("--sort", metavar="COL", help="sort by a column, descending with a leading - written as "
+                                                   "--sort=-COL (default: best val_bpb first, failures last)")
+    res.add_argument("--json", action="store_true", help="a JSON list of rows with every value whole")
+    res.add_argument("--csv", action="store_true", help="CSV with every value whole")
 
     rep = sub.add_parser("report", help="turn run records into an HTML report (or a Markdown summary)")
     rep.add_argument("--results-dir", type=Path, help="where run folders are (default: results/)")
@@ -226,9 +233,18 @@ def build_parser() -> Parser:
     tu.add_argument("--dry-run", action="store_true", help="print the study's settings and search space, run nothing")
     tu.add_argument("--results-dir", type=Path, help="where run folders and studies/ go (default: results/)")
 
-    st = sub.add_parser("status", help="a sweep's runs or a study's trials: done, running, failed (with reasons)")
-    st.add_argument("sweep", help="sweep or study name (results/sweeps/NAME.json, results/studies/NAME.json)")
+    st = sub.add_parser("status", help="one run's progress, or a sweep's runs or a study's trials: done, running, "
+                                       "failed (with reasons)")
+    st.add_argument("sweep", metavar="NAME", help="a run id (results/RUN_ID/), a sweep or a study name "
+                                                  "(results/sweeps/NAME.json, results/studies/NAME.json)")
     st.add_argument("--results-dir", type=Path)
+
+    wa = sub.add_parser("watch", help="live progress bars of running runs, redrawn until they end")
+    wa.add_argument("name", nargs="?", metavar="RUN_ID|SWEEP", help="a run or a sweep (default: every running run)")
+    wa.add_argument("--interval", type=number_arg(float, 0, above=True), default=2.0,
+                    help="seconds between redraws (default 2)")
+    wa.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    wa.add_argument("--results-dir", type=Path)
 
     ex = sub.add_parser("export", help="a finished run as a parameter-golf record folder: README.md, "
                                        "submission.json, train.log and one self-contained train_gpt.py")
@@ -593,23 +609,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    import polars as pl
+    from harness.views import results_command
 
-    from harness.results import STATUSES, results_table
-
-    unknown = sorted(set(args.status.split(",")) - set(STATUSES)) if args.status else []
-    if unknown:
-        raise UserError(f"--status {unknown[0]!r} is not a run status; use one of: {', '.join(STATUSES)}")
-    df = results_table(results_folder(args, writing=False), args.variant, args.budget, args.status)
-    if df.is_empty():
-        filters = " ".join(f"--{k} {v}" for k, v in (("variant", args.variant), ("budget", args.budget),
-                                                      ("status", args.status)) if v)
-        print(f"no recorded run matches {filters}" if filters else
-              "no runs recorded yet (python -m harness run --variant baseline --budget smoke makes one)")
-        return 0
-    with pl.Config(tbl_rows=args.limit, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
-        print(df.head(args.limit))
-    return 0
+    return results_command(args, results_folder(args, writing=False))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -731,26 +733,15 @@ def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from harness import sweep as sw
-    from harness.tune import launch
-    from harness.tune import study as st
+    from harness.views import status_command
 
-    results_dir = results_folder(args, writing=False)
-    safe_name(args.sweep, "sweep or study name")
-    if st.settings_file(results_dir, args.sweep).exists():
-        print(launch.study_status(st.load_settings(st.settings_file(results_dir, args.sweep))))
-        return 0
-    state = sw.load_state(results_dir, args.sweep)
-    states = sw.run_states(state)
-    counts: dict[str, int] = {}
-    for s in states.values():
-        counts[s["state"]] = counts.get(s["state"], 0) + 1
-    print(f"sweep {args.sweep}: {len(states)} runs — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    for run_id, s in states.items():
-        job = f"job {s['job']}" if s["job"] else ""
-        log = f"  log {s['log']}" if s["state"] == "failed" else ""
-        print(f"  {s['state']:<8} {run_id:<60} {s['reason']:<30} {job}{log}".rstrip())
-    return 0
+    return status_command(args.sweep, results_folder(args, writing=False))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from harness.views import watch_command
+
+    return watch_command(results_folder(args, writing=False), args.name, args.interval, args.once)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -801,7 +792,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         else:
             code = {"list": cmd_list, "data": cmd_data, "results": cmd_results,
-                    "report": cmd_report, "status": cmd_status, "export": cmd_export}[args.command](args)
+                    "report": cmd_report, "status": cmd_status, "watch": cmd_watch,
+                    "export": cmd_export}[args.command](args)
         sys.stdout.flush()  # here, so that a closed pipe is met below and not at exit
         return code
     except UserError as exc:

@@ -42,6 +42,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "6 runs — 0 done, 0 in flight, 6 to run" in done.stdout
     assert done.stdout.count("\n  run ") == 6 and "--rank 64" in done.stdout
+    assert done.stdout.count("  run      eigenweight rank=32  (") == 2  # each planned run by its label
     assert not (tmp_path / "r").exists()
 
 
@@ -114,7 +115,8 @@ def test_local_sweep_reruns_only_what_did_not_finish(tmp_path, short_budget):
     broken = results / broken_id / "run.json"
     broken.write_text(json.dumps({**runs[broken_id], "status": "failed", "error": "RuntimeError: node lost"}))
     status = harness_cli("status", "lr", "--results-dir", str(results))
-    assert f"failed   {broken_id}" in status.stdout and "node lost" in status.stdout
+    said = next(line for line in status.stdout.splitlines() if broken_id in line)
+    assert said.split()[:2] == ["failed", "baseline"] and "node lost" in said, said  # its state, label, reason
     third = harness_cli(*args)
     assert "1 done, 0 in flight, 1 to run" in third.stdout, third.stdout
     after = records(results)

@@ -24,6 +24,7 @@ from harness.errors import UserError
 from harness.results import read_record, write_json_atomic
 from harness.sweep.job import FINISHED, previous_status
 from harness.sweep.spec import Sweep
+from harness.views import finished_line, planned_label
 
 EXECUTORS = ("debug", "local", "slurm")
 ACTIVE_SLURM = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
@@ -184,8 +185,8 @@ def submit(sweep: Sweep, results_dir: Path, executor: str, parallel: int = 1,
             params = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.params.items())
             cap = f" --max-steps {r.max_steps}" if r.max_steps else ""
             cap += f" --with {r.with_}" if r.with_ else ""
-            echo(f"  {mark:<8} {r.run_id}  {r.variant}{':' + r.preset if r.preset else ''} --budget {r.budget} "
-                 f"--seed {r.seed}{cap} {params}".rstrip())
+            echo(f"  {mark:<8} {planned_label(r.to_dict())}  ({r.variant}{':' + r.preset if r.preset else ''} "
+                 f"--budget {r.budget} --seed {r.seed}{cap} {params}".rstrip() + f")  {r.run_id}")
         return state
     if not todo:
         return state
@@ -209,7 +210,7 @@ def run_debug(todo, state_path: Path, results_dir: Path, echo=print, **_) -> lis
             status = execute(state_path, r.run_id)
         except RuntimeError as exc:  # the run recorded itself as failed; go on with the others
             status = f"failed ({exc})"
-        echo(f"[{n}/{len(todo)}] {r.run_id}: {status}")
+        echo(finished_line(n, len(todo), r.to_dict(), status, results_dir / r.run_id))
     return out
 
 
@@ -247,7 +248,7 @@ def run_local(todo, state_path: Path, results_dir: Path, parallel: int = 1, echo
             status = mark_dead(results_dir / r.run_id, f"its process exited with code {code.returncode} before "
                                                        f"recording an end (log: {log})")
         status = status or f"no record (exit {code.returncode})"
-        echo(f"[{done_count[0]}/{len(todo)}] {r.run_id}: {status}")
+        echo(finished_line(done_count[0], len(todo), r.to_dict(), status, results_dir / r.run_id))
         return {"run_id": r.run_id, "executor": "local", "job_id": None, "submitted_at": now(), "log": str(log)}
 
     with ThreadPoolExecutor(max(1, parallel)) as pool:

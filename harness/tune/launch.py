@@ -111,11 +111,17 @@ def study_status(settings: st.Settings) -> str:
     """`status NAME` for a study: the count, then a line per trial with its state, score or reason, and run."""
     study = st.open_study(settings)
     st.fail_stale(study, settings)
+    from harness.labels import config_label
+    from harness.views import progress_text
+
     lines = [describe(settings, st.tally(study))]
     for t in study.get_trials(deepcopy=False):
+        record = st.read_record(Path(settings.results_dir), t.user_attrs.get("run_id"))
         score = (f"val_bpb {t.values[0]:.4f}" if t.state.name == "COMPLETE" else
-                 t.user_attrs.get("reason", "") if t.state.name != "RUNNING" else "")
-        lines.append(f"  trial {t.number:<4} {t.state.name.lower():<9} {score:<48} {t.user_attrs.get('run_id', '')}")
+                 t.user_attrs.get("reason", "") if t.state.name != "RUNNING" else progress_text(record))
+        label = config_label(record) if record else ""
+        lines.append(f"  trial {t.number:<4} {t.state.name.lower():<9} {score:<40} {label}  "
+                     f"{t.user_attrs.get('run_id', '')}".rstrip())
     return "\n".join(lines)
 
 

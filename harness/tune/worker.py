@@ -18,6 +18,7 @@ import types
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.labels import config_label
 from harness.results import write_json_atomic
 from harness.tune import space as sp
 from harness.tune import study as st
@@ -133,10 +134,11 @@ class Worker:
         value = (f"val_bpb {record['val_bpb_post_quant']:.4f}" if record and record.get("val_bpb_post_quant")
                  is not None else frozen.user_attrs.get("reason", reason))
         params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in frozen.params.items())
+        label = config_label(record) if record else params  # the label every view of the run uses
         best = st.best_trials(self.study, self.settings)
         best_text = f" | best {best[0].values[0]:.4f} (trial {best[0].number})" if best else ""
-        return (f"[{t.counted}/{self.settings.trials}] trial {number} {state.lower()}: {value} | {params}"
-                f"{best_text}")
+        return (f"[{t.counted}/{self.settings.trials}] trial {number} {state.lower()}: {value} | {label}"
+                f"{best_text}  {frozen.user_attrs.get('run_id', '')}").rstrip()
 
     def work(self) -> int:
         """Trials until the study has its count; returns the number this worker ran."""
