@@ -103,6 +103,9 @@ def build_parser() -> Parser:
     run.add_argument("--keep-weights", action="store_true",
                      help="also save the trained full-precision weights (weights.pt) to export them again under "
                           "other schemes (bench/export_schemes.py)")
+    run.add_argument("--tensorboard", type=Path, metavar="DIR",
+                     help="also write the curve's scalars as TensorBoard event files in DIR/<run_id>/ "
+                          "(needs: pip install tensorboard)")
     run.add_argument("--quiet", action="store_true", help="print only the final line")
     run.add_argument("--note", help="free text kept in the record and shown in reports (what this run is for)")
 
@@ -383,6 +386,10 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
         signal.signal(signal.SIGTERM, _interrupt)
         return run_script_command(args, extra)
+    if args.tensorboard is not None:  # refused before anything is loaded
+        from harness.live import check_tensorboard
+
+        check_tensorboard()
     from harness.budget import load_budget, with_dataset
     from harness.train import RunSpec, run
 
@@ -398,7 +405,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
                    results_dir=results_folder(args, writing=True), data_root=args.data_root, data_dir=args.data_dir,
                    tokenizer=args.tokenizer, device=args.device, compile=args.compile, precision=args.precision,
                    max_steps=args.max_steps, preflight=args.preflight, techniques=applied,
-                   quiet=args.quiet, note=args.note, keep_weights=args.keep_weights)
+                   quiet=args.quiet, note=args.note, keep_weights=args.keep_weights, tensorboard=args.tensorboard)
     # SLURM and other schedulers stop jobs with SIGTERM: record those runs as interrupted, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     record = run(spec)
@@ -714,6 +721,7 @@ def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
 
         if shutil.which("sbatch") is None:
             raise UserError("--executor slurm needs SLURM's sbatch on PATH; use --executor local on this machine")
+    print(f"tune: opening the study's storage ({settings.storage}) …", flush=True)
     study = st.open_study(settings)  # a storage that cannot be opened is refused before anything is saved
     path = st.save_settings(settings)
     print(launch.describe(settings, st.tally(study)), flush=True)

@@ -101,7 +101,7 @@ LOADED_HASHES: dict[str, str] = {}  # variant file → sha256 of the bytes that 
 RESERVED_FIELD_NAMES = frozenset({
     "variant", "preset", "preset_file", "budget", "seed", "run_id", "results_dir", "data_root", "data_dir",
     "tokenizer", "dataset", "device", "compile", "precision", "max_steps", "quiet", "note", "json", "grid",
-    "seeds", "name", "keep_weights",
+    "seeds", "name", "keep_weights", "tensorboard",
     "executor", "parallel", "partition", "account", "qos", "cpus_per_task", "mem_gb", "margin_minutes",
     "max_concurrent", "dry_run", "wait", "trials", "objectives", "search", "only", "pruner", "report_at",
     "storage", "workers", "sampler_seed", "reeval_top", "reeval_seeds", "heartbeat_grace", "time_minutes",

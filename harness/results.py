@@ -94,6 +94,8 @@ OPTIONAL_FIELDS = {
     # a challenge script run as it is (harness/script_run.py)
     "script": _STR, "script_sha256": _STR, "script_env": _DICT, "launch": _LIST, "exit_code": _INT,
     "score_line": _STR,
+    # while a run trains (harness/live.py); a finished record may keep it
+    "live": _DICT, "tensorboard": _STR,
 }
 # Inside tables and lists: what reports read from them.
 NESTED_FIELDS = {
@@ -103,7 +105,10 @@ NESTED_FIELDS = {
     "sweep": {"name": _STR, "params": _DICT}, "study": {"name": _STR, "trial": _INT, "distributions": _DICT,
                                                        "objectives": _LIST},
     "pruned_at": {"fraction": _NUM, "spent": _NUM, "step": _INT, "val_bpb": _NUM},
-    "curve[]": {"step": _INT, "seconds": _NUM, "tokens": _INT, "train_loss": _NUM, "val_loss": _NUM, "val_bpb": _NUM},
+    "curve[]": {"step": _INT, "seconds": _NUM, "tokens": _INT, "train_loss": _NUM, "val_loss": _NUM, "val_bpb": _NUM,
+                "lr": _NUM, "lr_scale": _NUM, "grad_norm": _NUM, "tokens_per_second": _NUM},
+    "live": {"step": _INT, "max_steps": _INT, "seconds": _NUM, "time_left_seconds": _NUM, "train_loss": _NUM,
+             "val_bpb": _NUM, "val_step": _INT, "tokens_per_second": _NUM, "updated_at": _STR},
     "overrides[]": {"name": _STR}, "calibration.before": {"matmul_gflops": _NUM},
     "calibration.after": {"matmul_gflops": _NUM},
 }
@@ -204,25 +209,3 @@ def iter_records(results_dir: Path):
 
 def load_records(results_dir: Path) -> list[dict]:
     return [record for _, record in iter_records(results_dir)]
-
-
-TABLE_COLUMNS = ["run_id", "variant", "preset", "budget_name", "seed", "status", "val_bpb_post_quant", "val_bpb",
-                 "val_loss_post_quant", "steps", "ms_per_step", "tokens_per_second", "mfu", "param_count",
-                 "artifact_total_bytes", "train_seconds"]
-
-
-def results_table(results_dir: Path, variant: str | None = None, budget: str | None = None,
-                  status: str | None = None):
-    """All run records as a polars DataFrame, best val_bpb (after quantization) first, failures last."""
-    import polars as pl
-
-    rows = [{c: r.get(c) for c in TABLE_COLUMNS} for r in load_records(results_dir)]
-    schema = {c: pl.Float64 for c in ("val_bpb_post_quant", "val_bpb", "val_loss_post_quant", "ms_per_step",
-                                      "tokens_per_second", "mfu", "train_seconds")}
-    schema.update({c: pl.Int64 for c in ("seed", "steps", "param_count", "artifact_total_bytes")})
-    schema.update({c: pl.Utf8 for c in TABLE_COLUMNS if c not in schema})
-    df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
-    for column, wanted in (("variant", variant), ("budget_name", budget), ("status", status)):
-        if wanted:
-            df = df.filter(pl.col(column).is_in(wanted.split(",")))
-    return df.sort(["val_bpb_post_quant", "val_bpb"], nulls_last=True)

@@ -34,6 +34,7 @@ class RunSpec:
     max_steps: int | None = None     # overrides the budget's step cap (tests, quick checks)
     preflight: bool = True           # the conformance checks before training (harness.conformance); off: unverified
     keep_weights: bool = False       # also save the trained full-precision weights (weights.pt), to export again
+    tensorboard: Path | None = None  # also mirror the curve's scalars to TensorBoard event files in DIR/<run_id>/
     techniques: list = field(default_factory=list)  # [(TechniqueSpec, config)] in application order
     quiet: bool = False
     note: str | None = None          # free text kept in the record (what this run is for)

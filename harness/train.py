@@ -34,6 +34,7 @@ from harness import (
     hardware,
     hooks,
     integrity,
+    live,
     precision,
     sealed,
     techniques,
@@ -209,6 +210,8 @@ def run(spec: RunSpec) -> dict:
     # Compiling happens in the first step: a budget without warm-up (CPU budgets) gets one when compiled, so the
     # compile is never charged to the clock.
     warmup_steps = max(b.warmup_steps, 1) if use_compile else b.warmup_steps
+    if spec.tensorboard is not None:
+        live.check_tensorboard()
 
     if master:
         dataset = resolve_dataset(b.dataset, spec.data_root, spec.data_dir, spec.tokenizer, log=log,
@@ -225,6 +228,8 @@ def run(spec: RunSpec) -> dict:
     check_shard_lengths(dataset, b.seq_len)
     EvalScheme(**eval_scheme(c, b.eval_seconds_limit)).check(b.seq_len)  # refused now, not after training
     guard.protect(spec.data_root or default_data_root(), dataset.directory)  # the harness reads data for a model
+    if spec.preflight:
+        log(f"preflight: the conformance checks on a small CPU copy of {spec.variant.name} …")
     preflight = preflight_checks(spec)
     technique_proof = (technique_proof_of(spec.variant, c, spec.techniques, {"tables": dataset.tokenizer.tables})
                        if spec.techniques else None)
@@ -312,6 +317,7 @@ def run(spec: RunSpec) -> dict:
         run_dir.mkdir(parents=True, exist_ok=spec.resume)
         log.open(run_dir / "log.txt")
         write_json_atomic(run_dir / "run.json", record)
+    progress_view = live.LiveRecord(run_dir, record, master, max_steps, b.train_wallclock_seconds, spec.tensorboard)
     log(f"run {run_id}: {spec.variant.name}{':' + spec.preset if spec.preset else ''} under {b.name} | "
         f"{param_count:,} params | {device.type}×{world_size} accum {accumulation} | dataset {dataset.name} "
         f"(val {val.target_tokens:,} tokens) | seed {spec.seed} | compile {use_compile}")
@@ -336,7 +342,9 @@ def run(spec: RunSpec) -> dict:
     def lr_scale(step: int, elapsed_ms: float) -> float:
         return warmdown_scale(step, elapsed_ms, cap_ms, max_steps, c.warmdown_steps, c.min_lr)
 
-    def train_step(step: int, elapsed_ms: float) -> torch.Tensor:
+    def train_step(step: int, elapsed_ms: float) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """One optimizer step; (mean training loss, the LR multiplier applied, the global gradient norm before
+        clipping), the tensors left on the device for the step's one fetch."""
         progress = min(1.0, max(elapsed_ms / cap_ms, step / max_steps))  # how far training is, 0 → 1
         if stack is not None:
             stack.start_step(model, step, progress)
@@ -360,13 +368,15 @@ def run(spec: RunSpec) -> dict:
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * scale
-        if c.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip_norm)
+        # The norm is computed either way (one pass over the gradients, no sync): it travels with the loss.
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip_norm) if c.grad_clip_norm > 0
+                     else torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device))
         for opt in optimizers:
             opt.step()
         if stack is not None:
             stack.after_step(model, step)
-        return train_loss
+        return train_loss, scale, grad_norm
 
     def validate() -> tuple[float, float]:
         return evaluate(compiled, val, val_batch_tokens, rank, world_size, device, autocast_dtype)
@@ -393,8 +403,10 @@ def run(spec: RunSpec) -> dict:
             record["outside_training_fraction"] = 1 - record.get("train_seconds", 0.0) / record[
                 "wallclock_seconds_total"]
             write_json_atomic(run_dir / "run.json", record)
+            progress_view.close()  # appended as it went; now written whole, the source of truth
             if curve:
                 write_curve(run_dir / "curve.jsonl", curve)
+            progress_view.final(record)
             if final_status != "interrupted":  # finished: the clock is spent, nothing to resume
                 (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
@@ -421,8 +433,16 @@ def run(spec: RunSpec) -> dict:
         if warmup_steps > 0:
             initial_model = {k: v.detach().clone() for k, v in scored.state_dict().items()}
             initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+            log(f"warm-up: {warmup_steps} steps, undone after"
+                + (" (compiling the model and Newton–Schulz in the first; minutes on a cold cache)" if use_compile
+                   else ""))
+            said = time.perf_counter()
             for i in range(warmup_steps):
                 train_step(i, 0.0)
+                if time.perf_counter() - said >= live.REFRESH_SECONDS and i + 1 < warmup_steps:
+                    sync()
+                    log(f"warm-up: step {i + 1}/{warmup_steps} done, {time.perf_counter() - t_warm:.1f}s")
+                    said = time.perf_counter()
             scored.load_state_dict(initial_model)
             for opt, state in zip(optimizers, initial_opts):
                 opt.load_state_dict(state)
@@ -444,25 +464,32 @@ def run(spec: RunSpec) -> dict:
         next_log_ms = (training_ms // (1000.0 * b.log_every_seconds) + 1) * 1000.0 * b.log_every_seconds
         next_val_ms = ((training_ms // (1000.0 * b.val_every_seconds) + 1) * 1000.0 * b.val_every_seconds
                        if b.val_every_seconds else math.inf)
+        progress_view.start(curve)
         t0 = time.perf_counter()
         while step < max_steps:
             elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
-            train_loss = train_step(step, elapsed_ms)
+            train_loss, scale, grad_norm = train_step(step, elapsed_ms)
             step += 1
             elapsed_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
             # One all-reduce per step: the global batch's mean loss, whether any rank hit the cap or is due to
-            # validate, and the mean fraction of the budget spent, so that every rank takes the same branches.
+            # validate, the mean fraction of the budget spent, so that every rank takes the same branches, and
+            # the gradient norm (the same on every rank: DDP has averaged the gradients).
             fraction = max(elapsed_ms / cap_ms, step / max_steps)
             flags = torch.tensor([float(elapsed_ms >= cap_ms), float(_stop["requested"]),
                                   float(elapsed_ms >= next_val_ms), fraction], device=device)
-            shared = torch.cat([train_loss.float().reshape(1), flags])
+            shared = torch.cat([train_loss.float().reshape(1), flags, grad_norm.float().reshape(1)])
             if distributed:
                 dist.all_reduce(shared)
                 shared[0] /= world_size
-                shared[4] /= world_size
-            loss_value, reached_cap, stop_requested, val_timer, fraction = shared.tolist()
-            curve.append({"step": step, "seconds": elapsed_ms / 1000.0, "tokens": step * b.tokens_per_step,
-                          "train_loss": loss_value if math.isfinite(loss_value) else None})
+                shared[4:6] /= world_size
+            loss_value, reached_cap, stop_requested, val_timer, fraction, norm = shared.tolist()
+            seconds, before = elapsed_ms / 1000.0, curve[-1] if curve else {"seconds": 0.0, "tokens": 0}
+            curve.append({"step": step, "seconds": seconds, "tokens": step * b.tokens_per_step,
+                          "train_loss": live.finite(loss_value), "lr": muon.param_groups[0]["lr"],
+                          "lr_scale": scale, "grad_norm": live.finite(norm),
+                          "tokens_per_second": ((step * b.tokens_per_step - before["tokens"]) /
+                                                (seconds - before["seconds"]) if seconds > before["seconds"]
+                                                else None)})
             if not math.isfinite(loss_value):
                 status, diverged_step = "diverged", step
                 log(f"step {step}: train loss is {loss_value}; stopping (diverged)")
@@ -493,6 +520,8 @@ def run(spec: RunSpec) -> dict:
                 val_seconds_in_training += time.perf_counter() - t_val
                 curve[-1].update(val_loss=val_loss, val_bpb=val_bpb)
                 log(f"step {step} | val_loss {val_loss:.4f} | val_bpb {val_bpb:.4f}")
+                progress_view.validated(step, val_bpb)
+                progress_view.refresh()
                 if b.val_every_seconds:
                     next_val_ms = (training_ms // (1000.0 * b.val_every_seconds) + 1) * 1000.0 * b.val_every_seconds
                 sync()
@@ -506,6 +535,7 @@ def run(spec: RunSpec) -> dict:
                     break
             if done:
                 break
+            progress_view.step_done()
         sync()
         training_ms += 1000.0 * (time.perf_counter() - t0)
     except KeyboardInterrupt:
@@ -539,6 +569,7 @@ def run(spec: RunSpec) -> dict:
         if stack is not None:  # the weights the run exports (e.g. an average), before they are scored
             stack.finish(model)
         if status == "running":
+            log(f"final validation: scoring {val.target_tokens:,} tokens …")
             t_eval = time.perf_counter()
             record["val_loss"], record["val_bpb"] = validate()
             sync()
@@ -555,12 +586,15 @@ def run(spec: RunSpec) -> dict:
         t_export = time.perf_counter()
         hessians, state = None, hooks.exported_state(model)
         if artifact.needs_hessians(c.export):  # inputs of the weights from training batches (never validation)
+            log(f"export: calibrating {c.export} on {c.export_calibration_batches} training batches …")
             calibration = new_loader()
             hessians = artifact.collect_hessians(
                 model, (calibration.next_batch(b.tokens_per_step, b.seq_len, accumulation)[0]
                         for _ in range(c.export_calibration_batches)), set(state))
+        log(f"export: compressing the weights ({c.export}) …")
         blob = artifact.compress(state, c.export, hessians)
         record["export_seconds"] = time.perf_counter() - t_export
+        log(f"export: {len(blob):,} bytes in {record['export_seconds']:.1f}s")
         if qat is not None:
             record["late_qat_steps"] = qat.steps
         script = submission_script_size(spec, code_files)
@@ -584,6 +618,7 @@ def run(spec: RunSpec) -> dict:
                 if changed:
                     raise sealed.SealedFailure(f"the plugin changed the harness in memory ({'; '.join(changed[:3])});"
                                                f" a variant may only define its model")
+                log("round trip: scoring the artifact in a sealed process …")
                 probe = val.tokens[:min(2, val.num_sequences) * b.seq_len].long().view(-1, b.seq_len).to(device)
                 result = sealed.round_trip(
                     spec.variant, c, blob, code_files, counted=b.code_bytes, script_bytes=script[0], device=device,

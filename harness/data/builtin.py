@@ -258,6 +258,8 @@ def build_builtin(data_root: Path, vocab_size: int = DEFAULT_VOCAB, log=print) -
                                      "spm": spm.__version__}, sort_keys=True).encode()).hexdigest()
     out = datasets / f"builtin_{key[:12]}"
     if not (out / "meta.json").is_file():
+        log(f"builtin corpus: {len(docs):,} documents read in {time.perf_counter() - t0:.1f}s; training the "
+            f"tokenizer and writing the shards ...")
         _build(out, vocab_size, docs, key)
     complete_meta(out, fingerprint, sources)
     _remember(index_path, index_key, out.name)

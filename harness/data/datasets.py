@@ -177,7 +177,7 @@ def resolve_dataset(name: str, data_root: Path | None = None, data_dir: Path | N
     if name == "synthetic":
         from harness.data.synthetic import build_synthetic
 
-        return from_directory(build_synthetic(data_root), "synthetic", tokenizer_path, data_root)
+        return from_directory(build_synthetic(data_root, log=log), "synthetic", tokenizer_path, data_root)
     if name == "fineweb" or name.startswith("fineweb_"):
         variant = name.partition("_")[2] or "sp1024"
         directory = data_root / "datasets" / dataset_dirname(variant)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +57,14 @@ def sample(P: np.ndarray, alphabet: int, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def build_synthetic(data_root: Path) -> Path:
+def build_synthetic(data_root: Path, log=print) -> Path:
     key = hashlib.sha256(json.dumps(SETTINGS, sort_keys=True).encode()).hexdigest()
     out = data_root / "datasets" / f"synthetic_{key[:12]}"
     if (out / "meta.json").is_file():
         return out
+    t0 = time.perf_counter()
+    log(f"synthetic corpus: first use, sampling {SETTINGS['train_tokens'] + SETTINGS['val_tokens']:,} tokens from "
+        f"its Markov source (once only) ...")
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -77,4 +81,5 @@ def build_synthetic(data_root: Path) -> Path:
         os.replace(tmp, out)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+    log(f"synthetic corpus: built in {out} in {time.perf_counter() - t0:.1f}s")
     return out

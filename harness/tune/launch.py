@@ -138,6 +138,7 @@ def run_local(path: Path, settings: st.Settings, workers: int, echo=print) -> No
         if st.tally(study).counted >= settings.trials:
             return
         if workers == 1:
+            echo(f"tune: running trials in this process ({st.tally(study).counted} of {settings.trials} done) …")
             Worker(path, 0, echo).work()
             continue
         from harness.hardware import visible_gpus, worker_env
@@ -145,6 +146,7 @@ def run_local(path: Path, settings: st.Settings, workers: int, echo=print) -> No
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         gpus = visible_gpus()  # one GPU per worker where there are enough, instead of all on cuda:0
+        echo(f"tune: starting {workers} worker processes, {threads} CPU threads each …")
         procs = [subprocess.Popen([sys.executable, "-m", "harness.tune.worker", str(path), str(i)],
                                   env={**env, **worker_env(i, gpus)}) for i in range(workers)]
         try:

@@ -108,6 +108,8 @@ class Worker:
                                  study=info, report_fractions=tuple(s.report_at) if pruning else (),
                                  on_report=on_report if pruning else None,
                                  command=[sys.executable, "-m", "harness.tune.worker", str(self.settings_path)])
+            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            self.echo(f"trial {trial.number}: training {run_id} ({shown}) …")
             try:
                 record = train.run(spec)
             except KeyboardInterrupt:  # stopped before the run's own handler took over (during its setup)
