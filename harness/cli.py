@@ -188,8 +188,9 @@ def build_parser() -> Parser:
     sw.add_argument("--executor", choices=("debug", "local", "slurm"), default="local")
     sw.add_argument("--parallel", type=COUNT, default=1, help="local executor: runs at a time")
     add_slurm_flags(sw, "SLURM: added to the budget's time limit")
-    sw.add_argument("--max-concurrent", type=COUNT, default=32, help="SLURM array: jobs running at once")
-    sw.add_argument("--dry-run", action="store_true", help="print the plan and what would be submitted")
+    sw.add_argument("--max-concurrent", type=COUNT, help="SLURM array: jobs running at once (default 32)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="print the plan (and, for --executor slurm, the sbatch script) and run nothing")
     sw.add_argument("--wait", action="store_true", help="follow progress until every run ends, then build the report")
     sw.add_argument("--results-dir", type=Path, help="where run folders go (default: results/)")
 
@@ -233,7 +234,8 @@ def build_parser() -> Parser:
     add_slurm_flags(tu, "SLURM: added to each worker's time limit")
     tu.add_argument("--time-minutes", type=COUNT, help="SLURM: each worker's time limit (default: its share of trials)")
     tu.add_argument("--wait", action="store_true", help="SLURM: follow the study until it ends, then write the outcome")
-    tu.add_argument("--dry-run", action="store_true", help="print the study's settings and search space, run nothing")
+    tu.add_argument("--dry-run", action="store_true", help="print the study's settings and search space (and, for "
+                                                           "--executor slurm, the sbatch script), run nothing")
     tu.add_argument("--results-dir", type=Path, help="where run folders and studies/ go (default: results/)")
 
     st = sub.add_parser("status", help="one run's progress, or a sweep's runs or a study's trials: done, running, "
@@ -266,15 +268,39 @@ def add_slurm_flags(parser: argparse.ArgumentParser, margin_help: str) -> None:
     parser.add_argument("--qos", help="SLURM QOS")
     parser.add_argument("--cpus-per-task", type=COUNT, help="SLURM CPUs per task")
     parser.add_argument("--mem-gb", type=number_arg(float, 0, above=True), help="SLURM memory per node, GB")
-    parser.add_argument("--margin-minutes", type=number_arg(float, 0), default=10.0, help=margin_help)
+    parser.add_argument("--margin-minutes", type=number_arg(float, 0), help=margin_help + " (default 10)")
+    parser.add_argument("--gres", help="SLURM generic resources per node, name[:type]:count (gpu:h100:8); a GPU "
+                                       "count replaces the budget's --gpus-per-node and must equal its devices")
+    parser.add_argument("--constraint", help="SLURM node features the jobs need (h100&ib)")
+    parser.add_argument("--exclude", help="SLURM nodes never to use (node[01-03],node07)")
+    parser.add_argument("--nodelist", help="SLURM nodes to use")
+    parser.add_argument("--sbatch", action="append", metavar="OPTION",
+                        help="an extra sbatch option, as '--mail-type=END' (repeatable)")
+    parser.add_argument("--setup", action="append", metavar="LINE",
+                        help="a shell line each job runs first, as 'module load cuda/12.4' (repeatable, in order)")
 
 
-def slurm_options(args: argparse.Namespace):
-    from harness.sweep import SlurmOptions
+RAW_VALUE_FLAGS = ("--sbatch", "--setup")
 
-    return SlurmOptions(partition=args.partition, account=args.account, qos=args.qos, cpus_per_task=args.cpus_per_task,
-                        mem_gb=args.mem_gb, max_concurrent=getattr(args, "max_concurrent", 32),
-                        margin_minutes=args.margin_minutes)
+
+def raw_values(argv: list[str]) -> list[str]:
+    """`--sbatch --mail-type=END` → `--sbatch=--mail-type=END`: these flags take the next word as it is, though
+    it starts with dashes (argparse would take it for a flag of its own)."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        out.append(f"{word}={next(words, '')}" if word in RAW_VALUE_FLAGS else word)
+    return out
+
+
+def slurm_options(args: argparse.Namespace, table: dict | None = None):
+    """The SLURM options: a sweep file's [slurm] table, each replaced by the command line's where given."""
+    from harness.sweep.slurm import merge
+
+    given = {key: getattr(args, key, None) for key in (
+        "partition", "account", "qos", "cpus_per_task", "mem_gb", "max_concurrent", "margin_minutes", "gres",
+        "constraint", "exclude", "nodelist", "sbatch", "setup")}
+    return merge(table or {}, given)
 
 
 def results_folder(args: argparse.Namespace, writing: bool) -> Path:
@@ -658,6 +684,7 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     from harness import sweep as sw
     from harness.sweep.spec import expand, load_spec_file, parse_grid
 
+    slurm_options(args)  # a bad SLURM flag is refused before the plan is made (the plan may take a while)
     if args.spec is not None:
         if args.variant or args.grid or extra or args.with_:
             raise UserError("give either a sweep file or --variant/--grid/--with/parameters, not both")
@@ -682,7 +709,7 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
         plan = expand(name, [entry], args.budget, list(range(1, (args.seeds or 1) + 1)), "command line",
                       args.max_steps)
     results_dir = results_folder(args, writing=True)
-    options = slurm_options(args)
+    options = slurm_options(args, plan.slurm)
     if args.executor == "slurm" and not args.dry_run:
         import shutil
 
@@ -713,8 +740,11 @@ def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
     check_seed(args.seed)
     results_dir = results_folder(args, writing=True)
     settings = launch.plan_study(args, fixed, variant, preset, budget, results_dir)
+    slurm = slurm_options(args)
     if args.dry_run:
         print(launch.describe(settings, st.Tally()))
+        if args.executor == "slurm":
+            print(launch.sbatch_preview(settings, args.workers, slurm, args.time_minutes))
         return 0
     if args.executor == "slurm":
         import shutil
@@ -725,7 +755,6 @@ def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
     study = st.open_study(settings)  # a storage that cannot be opened is refused before anything is saved
     path = st.save_settings(settings)
     print(launch.describe(settings, st.tally(study)), flush=True)
-    slurm = slurm_options(args)
     if args.executor == "local":
         launch.run_local(path, settings, args.workers)
     else:
@@ -792,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reset_warnings()
     try:
-        args, extra = build_parser().parse_known_args(argv)
+        args, extra = build_parser().parse_known_args(raw_values(argv))
         if args.command in ("run", "show", "sweep", "tune", "check"):
             code = {"run": cmd_run, "show": cmd_show, "sweep": cmd_sweep, "tune": cmd_tune,
                     "check": cmd_check}[args.command](args, extra)

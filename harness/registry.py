@@ -105,7 +105,8 @@ RESERVED_FIELD_NAMES = frozenset({
     "executor", "parallel", "partition", "account", "qos", "cpus_per_task", "mem_gb", "margin_minutes",
     "max_concurrent", "dry_run", "wait", "trials", "objectives", "search", "only", "pruner", "report_at",
     "storage", "workers", "sampler_seed", "reeval_top", "reeval_seeds", "heartbeat_grace", "time_minutes",
-    "help", "spec", "preflight", "no_preflight", "debug", "with_", "with", "search_with"})
+    "help", "spec", "preflight", "no_preflight", "debug", "with_", "with", "search_with",
+    "gres", "constraint", "exclude", "nodelist", "sbatch", "setup"})
 
 
 def register(name: str, config: type, build: Callable[[Any], nn.Module], presets: dict | None = None,

@@ -487,8 +487,8 @@ def sweep_status_text(state: dict) -> str:
     lines = [f"sweep {state['name']}: {len(states)} runs — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))]
     plans = {p["run_id"]: p for p in state["runs"]}
     labels = {}
-    for run_id in states:
-        record = read_record(results_dir / run_id, warn=False)
+    for run_id, s in states.items():  # a point reused from a plain run reads that run's record
+        record = read_record(results_dir / s.get("run_id", run_id), warn=False)
         labels[run_id] = (config_label(record) if record else planned_label(plans[run_id]), record)
     width = max((len(label) for label, _ in labels.values()), default=0)
     for run_id, s in states.items():
@@ -498,7 +498,8 @@ def sweep_status_text(state: dict) -> str:
             said = f"{s['reason']}, val_bpb {record['val_bpb_post_quant']:.4f}"
         job = f"job {s['job']}  " if s["job"] else ""
         log = f"  log {s['log']}" if s["state"] == "failed" else ""
-        lines.append(f"  {s['state']:<8} {label:<{width}}  {said or s['reason']:<30} {job}{run_id}{log}".rstrip())
+        lines.append(f"  {s['state']:<8} {label:<{width}}  {said or s['reason']:<30}  {job}{s.get('run_id', run_id)}"
+                     f"{log}".rstrip())
     return "\n".join(lines)
 
 

@@ -78,6 +78,10 @@ def test_a_step_cap_is_planned_as_an_override_with_its_own_run_ids(tmp_path):
     assert not {r.run_id for r in plain.runs} & {r.run_id for r in capped_plan.runs}  # never mistaken for each other
     bad = harness_main("sweep", "sweeps/example.toml", "--dry-run", "--max-steps", "0")
     assert bad.returncode == 2 and "--max-steps: must be at least 1" in bad.stderr
+    spec = tmp_path / "caps.toml"  # in a file: at the top, and an entry's own
+    spec.write_text('budget = "smoke"\nmax_steps = 5\n[[runs]]\nvariant = "baseline"\n'
+                    '[[runs]]\nvariant = "baseline"\nmax_steps = 3\n')
+    assert [r.max_steps for r in load_spec_file(spec).runs] == [5, 3]
 
 
 def test_local_workers_each_get_their_own_gpu():
@@ -92,37 +96,135 @@ def test_local_workers_each_get_their_own_gpu():
     assert worker_env(0, []) == {}
 
 
+SLURM_FILE = """name = "opts"
+budget = "{budget}"
+[[runs]]
+variant = "baseline"
+grid = {{ matrix_lr = [0.02, 0.04] }}
+[slurm]
+partition = "debug"
+constraint = "from-the-file"
+sbatch = ["--mail-type=END", "--comment=from-the-file"]
+setup = ["echo replaced by the flags"]
+"""
+
+
+def test_dry_run_prints_the_sbatch_script_with_the_files_options_and_the_flags(tmp_path):
+    """The script comes from submitit itself, needs no SLURM on this machine (PATH without srun or sbatch), and
+    a flag replaces the [slurm] table's value (an --sbatch line, only the file's line for the same option)."""
+    import sys
+
+    spec = tmp_path / "opts.toml"
+    spec.write_text(SLURM_FILE.format(budget=write_budget(tmp_path / "b.toml")))
+    flags = ["--gres", "gpu:h100:8", "--constraint", "h100&ib", "--exclude", "node[01-03]", "--nodelist",
+             "node07,node08", "--sbatch", "--mail-type=FAIL", "--sbatch", "--mail-user me@example.org",
+             "--setup", "module load cuda/12.4", "--setup", "source ~/venv/bin/activate"]
+    done = harness_main("sweep", str(spec), "--executor", "slurm", "--dry-run", "--results-dir", str(tmp_path / "r"),
+                        *flags, env={"PATH": str(Path(sys.executable).parent)})
+    assert done.returncode == 0, done.stderr
+    script = done.stdout[done.stdout.index("#!/bin/bash"):]
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --gres=gpu:h100:8", "#SBATCH --constraint='h100&ib'",
+                 "#SBATCH --exclude='node[01-03]'", "#SBATCH --nodelist=node07,node08", "#SBATCH --partition=debug",
+                 "#SBATCH --mail-type=FAIL", "#SBATCH --mail-user=me@example.org",
+                 "#SBATCH --comment=from-the-file", "#SBATCH --signal=USR2@120"):
+        assert f"\n{line}\n" in script, (line, script)
+    assert "mail-type=END" not in script and "from-the-file'" not in script and "replaced" not in script
+    setup = script.index("\nmodule load cuda/12.4\nsource ~/venv/bin/activate\n")
+    assert setup < script.index("\nsrun ") and "-m submitit.core._submit" in script
+    assert not (tmp_path / "r").exists()
+
+    local = harness_main("sweep", str(spec), "--dry-run", "--results-dir", str(tmp_path / "r"), *flags)
+    assert local.returncode == 0 and "#SBATCH" not in local.stdout and local.stdout.count("\n  run ") == 2
+    tune = harness_main("tune", "--variant", "baseline", "--budget", str(tmp_path / "b.toml"), "--trials", "4",
+                        "--workers", "2", "--executor", "slurm", "--dry-run", "--results-dir", str(tmp_path / "r"),
+                        *flags)
+    assert tune.returncode == 0, tune.stderr
+    assert "#SBATCH --array=0-1%2" in tune.stdout and "\nmodule load cuda/12.4\n" in tune.stdout
+    assert "#SBATCH --gres=gpu:h100:8" in tune.stdout and "-m submitit.core._submit" in tune.stdout
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--gres", "gpu"], "should be name[:type]:count"),
+    (["--gres", "gpu:h100:eight"], "should be name[:type]:count"),
+    (["--gres", "gpu:4"], "asks for 4 GPU(s) per node but budget"),
+    (["--nodelist", ""], "non-empty SLURM node list"),
+    (["--exclude", "node1 node2"], "non-empty SLURM node list"),
+    (["--constraint", "a\nb"], "should be one non-empty line"),
+    (["--setup", "module load x\nrm -rf ~"], "should be one non-empty line"),
+    (["--sbatch", "mail-type=END"], "is not an sbatch option"),
+    (["--sbatch", "--mail-type=END --x"], "is not an sbatch option"),
+    (["--sbatch", "--time=5"], "the harness sets --time itself"),
+    (["--sbatch", "--array=0-3"], "the harness sets --array itself"),
+    (["--sbatch", "--partition=gpu"], "use --partition for that"),
+    (["--slurm-table", "gres = 8"], "[slurm] gres = 8 should be a string"),
+    (["--slurm-table", "nodes = 2"], "[slurm] has no option 'nodes'"),
+])
+def test_bad_slurm_options_are_one_line_errors(tmp_path, flags, fragment):
+    budget = write_budget(tmp_path / "b.toml", device="cuda", device_count=2)
+    table = flags[1] if flags[0] == "--slurm-table" else ""
+    spec = write_spec(tmp_path, budget, "bad", f"[slurm]\n{table}\n")
+    given = [] if table else flags
+    done = harness_main("sweep", str(spec), "--executor", "slurm", "--dry-run", "--results-dir", str(tmp_path), *given)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and fragment in done.stderr, done.stderr
+
+
 @pytest.fixture
 def short_budget(tmp_path) -> Path:
     return write_budget(tmp_path / "short.toml", train_wallclock_seconds=4, warmup_steps=0)
 
 
-def test_local_sweep_reruns_only_what_did_not_finish(tmp_path, short_budget):
+def test_local_sweep_reruns_only_what_did_not_finish_and_reuses_a_plain_run(tmp_path, short_budget):
     results = tmp_path / "results"
+    plain = harness_cli("run", "--variant", "baseline", "--matrix-lr", "0.04", "--budget", str(short_budget),
+                        "--seed", "1", "--max-steps", "2", "--results-dir", str(results), "--quiet")
+    assert plain.returncode == 0, plain.stderr
+    (plain_id,) = records(results)
+    plain_record = (results / plain_id / "run.json").read_bytes()
     args = ["sweep", "--variant", "baseline", "--grid", "matrix_lr=0.02,0.04", "--budget", str(short_budget),
-            "--results-dir", str(results), "--name", "lr"]
+            "--max-steps", "2", "--results-dir", str(results), "--name", "lr"]
+    plan = harness_main(*args, "--dry-run")
+    assert "1 done, 0 in flight, 1 to run" in plan.stdout, plan.stdout
+    assert re.search(rf"(?m)^  reuse +baseline .*--matrix-lr 0.04\)  {plain_id}$", plan.stdout), plan.stdout
     first = harness_cli(*args)
     assert first.returncode == 0, first.stderr
+    assert "1 done, 0 in flight, 1 to run" in first.stdout and "[1/1]" in first.stdout, first.stdout
     runs = records(results)
-    assert len(runs) == 2 and all(r["status"] == "ok" for r in runs.values())
-    assert sorted(r["sweep"]["params"]["matrix_lr"] for r in runs.values()) == [0.02, 0.04]
-    assert all(r["sweep"]["name"] == "lr" for r in runs.values())
+    (made_id,) = set(runs) - {plain_id}
+    assert all(r["status"] == "ok" for r in runs.values())
+    assert runs[made_id]["sweep"] == {"name": "lr", "params": {"matrix_lr": 0.02}}
+    assert runs[made_id]["overrides"] == [{"name": "max_steps", "budget": 20000, "effective": 2}]
+    assert (results / plain_id / "run.json").read_bytes() == plain_record  # reused as it is, not rewritten
+    state = json.loads(state_file(results, "lr").read_text())
+    (reused_point,) = state["reused"]
+    assert state["reused"][reused_point] == plain_id and reused_point != made_id
+    status = harness_cli("status", "lr", "--results-dir", str(results))
+    assert re.search(rf"(?m)^  done +baseline .*ok: reuses {plain_id}.*  {plain_id}$", status.stdout), status.stdout
+    from harness.report import grouped_section, tables
+    from harness.sweep import reused_members
+
+    page = grouped_section(tables.load_runs(results), "sweep", reused_members(results))
+    assert "sweep lr (2 runs)" in page and f"runs/{plain_id}.html" in page and f"runs/{made_id}.html" in page
 
     again = harness_cli(*args)
     assert "2 done, 0 in flight, 0 to run" in again.stdout and records(results) == runs
 
-    broken_id = sorted(runs)[0]
-    broken = results / broken_id / "run.json"
-    broken.write_text(json.dumps({**runs[broken_id], "status": "failed", "error": "RuntimeError: node lost"}))
+    broken = results / made_id / "run.json"
+    broken.write_text(json.dumps({**runs[made_id], "status": "failed", "error": "RuntimeError: node lost"}))
     status = harness_cli("status", "lr", "--results-dir", str(results))
-    said = next(line for line in status.stdout.splitlines() if broken_id in line)
+    said = next(line for line in status.stdout.splitlines() if made_id in line)
     assert said.split()[:2] == ["failed", "baseline"] and "node lost" in said, said  # its state, label, reason
     third = harness_cli(*args)
     assert "1 done, 0 in flight, 1 to run" in third.stdout, third.stdout
     after = records(results)
-    assert set(after) == set(runs) and after[broken_id]["status"] == "ok"
-    kept = results / ".attempts" / broken_id / "1" / "run.json"
+    assert set(after) == set(runs) and after[made_id]["status"] == "ok"
+    kept = results / ".attempts" / made_id / "1" / "run.json"
     assert json.loads(kept.read_text())["error"] == "RuntimeError: node lost"  # nothing lost, nothing duplicated
+
+    for unfinished in ("running", "failed"):  # only a finished run stands for a planned one
+        (results / plain_id / "run.json").write_text(json.dumps({**runs[plain_id], "status": unfinished}))
+        plan = harness_main(*args, "--dry-run")
+        assert re.search(rf"(?m)^  run +baseline .*  {reused_point}$", plan.stdout), plan.stdout
+        assert "reuse" not in plan.stdout, plan.stdout
 
 
 def stop_at_the_first_validation(log_file: Path, finished: threading.Event) -> None:
@@ -219,15 +321,27 @@ def test_slurm_sweep_runs_cancelled_jobs_again_and_requeued_jobs_resume(cluster,
 
 
 def test_a_two_task_slurm_job_trains_with_distributed_data_parallel(cluster, tmp_path):
+    """Also: the job runs the --setup lines first, slurmctld takes an extra --sbatch option, and the script
+    --dry-run prints is the one submitted."""
     budget = write_budget(tmp_path / "b2.toml", train_wallclock_seconds=4, warmup_steps=0, device_count=2)
     results = tmp_path / "results"
     spec = write_spec(tmp_path, budget, "ddp2")
-    done = harness_cli("sweep", str(spec), "--executor", "slurm", "--results-dir", str(results), "--wait",
-                       env={"SLURM_CONF": str(cluster.conf)}, timeout=400)
+    args = ["sweep", str(spec), "--executor", "slurm", "--results-dir", str(results), "--sbatch", "--comment=golf-ddp2",
+            "--setup", "export GOLF_SETUP_MARK=seen", "--setup", 'echo "setup saw $GOLF_SETUP_MARK"']
+    preview = harness_main(*args, "--dry-run")
+    assert preview.returncode == 0, preview.stderr
+    done = harness_cli(*args, "--wait", env={"SLURM_CONF": str(cluster.conf)}, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
     (record,) = records(results).values()
     assert record["status"] == "ok" and record["world_size"] == 2 and record["hardware_matches_budget"]
     assert (tmp_path / "reports" / "ddp2.html").exists()
+    (submission,) = json.loads(state_file(results, "ddp2").read_text())["submissions"]
+    assert "setup saw seen" in Path(submission["log"]).read_text()
+    (submitted,) = (results / "sweeps" / "ddp2" / "slurm").glob("*/*_submission.sh")
+    assert preview.stdout.rstrip().endswith(submitted.read_text().rstrip())  # what --dry-run shows, submitted
+    job = subprocess.run(["scontrol", "show", "job", submission["job_id"]], env=cluster.env, capture_output=True,
+                         text=True).stdout
+    assert "Comment=golf-ddp2" in job, job
 
 
 def test_sbatch_refusing_the_jobs_is_a_one_line_error(cluster, tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 from harness.checks import writable_folder
 from harness.errors import UserError
 from harness.report import plots, render, tables
+from harness.sweep import reused_members
 
 CURVES_PER_BOARD = 8
 PAGE_CHUNK = 500
@@ -96,12 +97,15 @@ def board_section(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]]
             + f'<h3>Learning curves</h3><div class="plots">{curves}</div></section>')
 
 
-def grouped_section(runs: list[tables.Run], kind: str) -> str:
-    """Sweeps (grid tables, parameter plots) and tuning studies (history, Pareto front) found in the records."""
+def grouped_section(runs: list[tables.Run], kind: str, members: dict[str, list[dict]] | None = None) -> str:
+    """Sweeps (grid tables, parameter plots) and tuning studies (history, Pareto front) found in the records,
+    plus `members`: run id → the groups that count a run as theirs without its record saying so (a sweep that
+    reused a finished plain run)."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
-        info = r.record.get(kind)
-        if isinstance(info, dict) and info.get("name"):
+        for info in [r.record.get(kind), *(members or {}).get(r.row["run_id"], [])]:
+            if not (isinstance(info, dict) and info.get("name")):
+                continue
             params = info.get("params") or {}
             groups.setdefault(str(info["name"]), []).append({
                 **r.row, **params, "trial": info.get("trial"), "_params": list(params), "_record": r.record,
@@ -178,7 +182,7 @@ def build_report(results_dir: Path, out: Path, budget: str | None = None, varian
     sections = in_parallel(boards, anchors, by_key, runs, pages, os.path.relpath(out, pages))
     body = (render.report_header("golf-harness report", str(results_dir), len(runs), filters) + nav
             + "".join(sections)
-            + grouped_section(runs, "sweep") + grouped_section(runs, "study")
+            + grouped_section(runs, "sweep", reused_members(results_dir)) + grouped_section(runs, "study")
             + '<section id="runs"><h2>All runs</h2><p class="small">Exports: '
             + " ".join(f'<a href="{render.esc(p.name)}">{render.esc(p.name)}</a>' for p in exports) + "</p>"
             + f"<details><summary>{len(run_rows):,} runs, newest first</summary>"

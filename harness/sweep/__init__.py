@@ -4,6 +4,10 @@ The plan (spec.py) is saved as results/sweeps/<name>.json — the runs and every
 the sweep command, so jobs never share a file. Re-running a sweep re-plans it, skips runs whose record says
 they finished, leaves alone runs whose job is still queued or running, and submits the rest (missing,
 failed, interrupted: an interrupted run with a checkpoint resumes with the clock it had left).
+
+A planned run that a finished run made outside the plan already is (a plain `run` of the same configuration,
+budget, seed and overrides) is not trained again: the state's "reused" maps the planned id to that run's id,
+and `status` and the report count it as the sweep's. Its record is left as it was.
 """
 
 from __future__ import annotations
@@ -16,30 +20,19 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from harness.checks import SAFE_NAME, read_json, safe_name
 from harness.errors import UserError
 from harness.results import read_record, write_json_atomic
 from harness.sweep.job import FINISHED, previous_status
+from harness.sweep.slurm import SlurmOptions, executor_parameters, sbatch_script
 from harness.sweep.spec import Sweep
 from harness.views import finished_line, planned_label
 
 EXECUTORS = ("debug", "local", "slurm")
 ACTIVE_SLURM = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
-
-
-@dataclass
-class SlurmOptions:
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
-    max_concurrent: int = 32
-    margin_minutes: float = 10.0
 
 
 def state_file(results_dir: Path, name: str) -> Path:
@@ -76,15 +69,56 @@ def read_state(path: Path) -> dict:
     return state
 
 
-def save_state(sweep: Sweep, results_dir: Path, previous: dict | None) -> Path:
+def save_state(sweep: Sweep, results_dir: Path, previous: dict | None, reused: dict[str, str] | None = None) -> Path:
     path = state_file(results_dir, sweep.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"name": sweep.name, "source": sweep.source, "results_dir": str(Path(results_dir).resolve()),
-             "runs": [r.to_dict() for r in sweep.runs],
+             "runs": [r.to_dict() for r in sweep.runs], "reused": reused or {},
              "submissions": (previous or {}).get("submissions", []),
              "created_at": (previous or {}).get("created_at", now()), "updated_at": now()}
     write_json_atomic(path, state)
     return path
+
+
+def finished_elsewhere(runs: list, results_dir: Path) -> dict[str, str]:
+    """Planned run id → the id of a finished run, made outside the plan, that is the same run: the same
+    RunSpec.config_hash() (variant, hashed config, budget with its dataset, techniques, seed, and every override:
+    max_steps, data_dir, tokenizer, device, precision, compile), the same seed, run on the budget's device
+    count, and a status the sweep counts as done. A planned run with a finished record of its own keeps it."""
+    from harness.results import iter_records
+
+    results_dir = Path(results_dir)
+    wanted = {(r.config_hash, r.seed): r.run_id for r in runs
+              if r.config_hash and previous_status(results_dir / r.run_id) not in FINISHED}
+    if not wanted or not results_dir.is_dir():
+        return {}
+    best: dict[tuple, tuple] = {}
+    for run_dir, record in iter_records(results_dir):
+        key = (record.get("config_hash"), record["seed"])
+        if (key not in wanted or record["status"] not in FINISHED or run_dir.name == wanted[key]
+                or any(o.get("name") == "device_count" for o in record.get("overrides") or [])):
+            continue
+        rank = (record["status"] == "ok", str(record.get("finished_at") or ""), run_dir.name)  # ok, then newest
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, run_dir.name)
+    return {wanted[key]: found for key, (_, found) in best.items()}
+
+
+def reused_members(results_dir: Path) -> dict[str, list[dict]]:
+    """run id → [{"name", "params"}] of the sweeps that count the run as theirs by reusing it (their state's
+    "reused"), as a record's own "sweep" says it for the runs a sweep made."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted((Path(results_dir) / "sweeps").glob("*.json")):
+        try:
+            state = read_state(path)
+        except UserError:
+            continue  # a damaged state file is named by the sweep and status commands, not here
+        plans = {plan["run_id"]: plan for plan in state["runs"]}
+        for planned, found in (state.get("reused") or {}).items():
+            if planned in plans and isinstance(found, str):
+                out.setdefault(found, []).append({"name": state.get("name", path.stem),
+                                                  "params": plans[planned].get("swept") or {}})
+    return out
 
 
 def now() -> str:
@@ -108,7 +142,8 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def run_states(state: dict) -> dict[str, dict]:
-    """run id → {"state", "reason", "job", "log"} from the results store and SLURM."""
+    """planned run id → {"state", "reason", "job", "log", "run_id"} from the results store and SLURM ("run_id":
+    the run that is this point: the planned one, or the finished run it reuses)."""
     results_dir = Path(state["results_dir"])
     last = {s["run_id"]: s for s in state["submissions"]}
     queue = slurm_states([s["job_id"] for s in last.values() if s.get("executor") == "slurm"])
@@ -118,6 +153,12 @@ def run_states(state: dict) -> dict[str, dict]:
         sub = last.get(run_id, {})
         record_status = previous_status(results_dir / run_id)
         job_state = queue.get(str(sub.get("job_id")))
+        found = (state.get("reused") or {}).get(run_id)
+        found_status = previous_status(results_dir / found) if found and record_status not in FINISHED else None
+        if found_status in FINISHED:
+            out[run_id] = {"state": "done", "reason": f"{found_status}: reuses {found}", "job": None,
+                           "log": str(results_dir / found / "log.txt"), "run_id": found}
+            continue
         if record_status in FINISHED:
             kind, reason = "done", record_status
         elif job_state in ACTIVE_SLURM:
@@ -132,7 +173,7 @@ def run_states(state: dict) -> dict[str, dict]:
         else:
             kind, reason = "missing", "not submitted yet"
         out[run_id] = {"state": kind, "reason": reason, "job": sub.get("job_id"),
-                       "log": sub.get("log") or str(results_dir / run_id / "log.txt")}
+                       "log": sub.get("log") or str(results_dir / run_id / "log.txt"), "run_id": run_id}
     return out
 
 
@@ -170,10 +211,11 @@ def submit(sweep: Sweep, results_dir: Path, executor: str, parallel: int = 1,
     path = state_file(results_dir, sweep.name)
     if path.exists():
         previous = read_state(path)
-    state_path = save_state(sweep, results_dir, previous) if not dry_run else path
+    reused = finished_elsewhere(sweep.runs, results_dir)
+    state_path = save_state(sweep, results_dir, previous, reused) if not dry_run else path
     state = read_state(state_path) if not dry_run else {
         "name": sweep.name, "results_dir": str(results_dir), "runs": [r.to_dict() for r in sweep.runs],
-        "submissions": (previous or {}).get("submissions", [])}
+        "reused": reused, "submissions": (previous or {}).get("submissions", [])}
     states = run_states(state)
     todo = [r for r in sweep.runs if states[r.run_id]["state"] in ("missing", "failed")]
     counts = {k: sum(1 for s in states.values() if s["state"] == k) for k in ("done", "running", "pending")}
@@ -181,12 +223,17 @@ def submit(sweep: Sweep, results_dir: Path, executor: str, parallel: int = 1,
          f"{counts['running'] + counts['pending']} in flight, {len(todo)} to run ({executor})")
     if dry_run:
         for r in sweep.runs:
-            mark = "run " if r in todo else states[r.run_id]["state"]
+            mark = "run " if r in todo else "reuse" if r.run_id in reused else states[r.run_id]["state"]
             params = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.params.items())
             cap = f" --max-steps {r.max_steps}" if r.max_steps else ""
             cap += f" --with {r.with_}" if r.with_ else ""
             echo(f"  {mark:<8} {planned_label(r.to_dict())}  ({r.variant}{':' + r.preset if r.preset else ''} "
-                 f"--budget {r.budget} --seed {r.seed}{cap} {params}".rstrip() + f")  {r.run_id}")
+                 f"--budget {r.budget} --seed {r.seed}{cap} {params}".rstrip() + f")  {states[r.run_id]['run_id']}")
+        if executor == "slurm" and todo:
+            for budget, runs, _, params in slurm_arrays(todo, path, slurm or SlurmOptions()):
+                echo(f"\nsbatch script for the {len(runs)} run(s) of budget {budget.name}, as submitit would submit "
+                     f"it{' (one job array)' if len(runs) > 1 else ''}:")
+                echo(sbatch_script(slurm_folder(path) / "%j", params, len(runs)).rstrip())
         return state
     if not todo:
         return state
@@ -294,27 +341,6 @@ def redirected_stderr(file):
         os.close(saved)
 
 
-def slurm_executor(folder: Path, budget, slurm: SlurmOptions, timeout_min: int, name: str):
-    """A submitit executor for jobs of one budget: one task per device, its GPUs, the user's SLURM options, and
-    SIGUSR2 two minutes before the time limit."""
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
-    params = {"timeout_min": timeout_min, "nodes": 1, "tasks_per_node": budget.device_count,
-              "slurm_array_parallelism": slurm.max_concurrent, "slurm_signal_delay_s": 120, "name": name}
-    if budget.device == "cuda":
-        params["gpus_per_node"] = budget.device_count
-    if slurm.cpus_per_task:
-        params["cpus_per_task"] = slurm.cpus_per_task
-    if slurm.mem_gb:
-        params["mem_gb"] = slurm.mem_gb
-    for key in ("partition", "account", "qos"):
-        if getattr(slurm, key):
-            params[f"slurm_{key}"] = getattr(slurm, key)
-    executor.update_parameters(**params)
-    return executor
-
-
 def submit_array(executor, calls: list) -> list:
     """Submit `calls` as one job array; sbatch refusing them is a UserError with sbatch's own reason."""
     with tempfile.TemporaryFile("w+") as said, redirected_stderr(said):
@@ -329,7 +355,7 @@ def submit_array(executor, calls: list) -> list:
     if error is not None:
         lines = [ln for ln in (sbatch_said + str(error)).splitlines() if "error" in ln.lower()]
         reason = (lines[0] if lines else str(error).splitlines()[-1]).strip()
-        raise UserError(f"sbatch refused the jobs: {reason} (check --partition, --account, --qos)") from None
+        raise UserError(f"sbatch refused the jobs: {reason} (check --partition, --account, --qos, --sbatch)") from None
     if sbatch_said.strip():
         sys.stderr.write(sbatch_said)
     return jobs
@@ -339,25 +365,40 @@ def job_log(job) -> str:
     return str(Path(str(job.paths.stdout).replace("%t", "0")))
 
 
-def run_slurm(todo, state_path: Path, results_dir: Path, slurm: SlurmOptions, echo=print, **_) -> list[dict]:
-    """One submitit job array per budget (a budget fixes the resources); returns at once."""
-    from harness.budget import load_budget
-    from harness.sweep.job import SlurmRun
+def slurm_folder(state_path: Path) -> Path:
+    return state_path.parent / state_path.stem / "slurm"
 
-    folder = state_path.parent / state_path.stem / "slurm"
-    out = []
+
+def slurm_arrays(todo, state_path: Path, slurm: SlurmOptions) -> list[tuple]:
+    """One job array per budget (a budget fixes the resources): (budget, its runs, time limit in minutes,
+    submitit's parameters), every one checked before anything is submitted."""
+    from harness.budget import load_budget
+
     by_budget: dict[str, list] = {}
     for r in todo:
         by_budget.setdefault(r.budget, []).append(r)
+    arrays = []
     for budget_name, runs in by_budget.items():
         budget = load_budget(budget_name)
         minutes = time_limit_minutes(budget, slurm.margin_minutes)
-        executor = slurm_executor(folder, budget, slurm, minutes, f"golf-{state_path.stem}")
-        jobs = submit_array(executor, [SlurmRun(str(state_path), r.run_id) for r in runs])
+        arrays.append((budget, runs, minutes,
+                       executor_parameters(budget, slurm, minutes, f"golf-{state_path.stem}")))
+    return arrays
+
+
+def run_slurm(todo, state_path: Path, results_dir: Path, slurm: SlurmOptions, echo=print, **_) -> list[dict]:
+    """One submitit job array per budget; returns at once."""
+    from harness.sweep.job import SlurmRun
+    from harness.sweep.slurm import executor
+
+    out = []
+    for budget, runs, minutes, params in slurm_arrays(todo, state_path, slurm):
+        jobs = submit_array(executor(slurm_folder(state_path) / "%j", params),
+                            [SlurmRun(str(state_path), r.run_id) for r in runs])
         for r, job in zip(runs, jobs):
             out.append({"run_id": r.run_id, "executor": "slurm", "job_id": str(job.job_id), "submitted_at": now(),
                         "log": job_log(job)})
-        echo(f"submitted {len(runs)} runs of budget {budget_name} as SLURM array {jobs[0].job_id.split('_')[0]} "
+        echo(f"submitted {len(runs)} runs of budget {budget.name} as SLURM array {jobs[0].job_id.split('_')[0]} "
              f"(time limit {minutes} min, {budget.device_count} task(s) per job)")
     return out
 

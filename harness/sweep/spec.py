@@ -12,6 +12,9 @@
                                                 # (their flags go in grid/params beside the variant's)
     max_steps = 50                              # optional (top level or entry): cap the steps, an override of
                                                 # the budget recorded in every run, which then ranks apart
+    [slurm]                                     # optional: SLURM options (harness/sweep/slurm.py), each
+    partition = "gpu"                           # replaced by the command line's flag where one is given
+    setup = ["module load cuda/12.4"]
 
 Every run is resolved exactly as `run` resolves its flags (same validation, same errors), and its id is a pure
 function of what it runs — variant, resolved config, budget and seed — so planning twice gives the same ids
@@ -31,7 +34,7 @@ from harness.config import read_toml
 from harness.errors import UserError
 
 ENTRY_KEYS = {"variant", "preset", "presets", "grid", "params", "seeds", "budget", "max_steps", "with"}
-TOP_KEYS = {"name", "budget", "seeds", "runs", "description", "max_steps"}
+TOP_KEYS = {"name", "budget", "seeds", "runs", "description", "max_steps", "slurm"}
 
 
 @dataclass
@@ -45,6 +48,7 @@ class PlannedRun:
     budget: str                     # budget name or path, as the spec gave it
     max_steps: int | None = None    # a step cap below the budget's (an override, recorded in the run)
     with_: str = ""                 # training-only techniques, as --with takes them ("" none)
+    config_hash: str = ""           # RunSpec.config_hash(): what makes two runs the same run (see finished_elsewhere)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -55,6 +59,7 @@ class Sweep:
     name: str
     runs: list[PlannedRun] = field(default_factory=list)
     source: str = ""
+    slurm: dict[str, Any] = field(default_factory=dict)  # the file's [slurm] table, checked (SlurmOptions fields)
 
 
 def as_flag_text(value: Any) -> str:
@@ -154,15 +159,16 @@ def expand(name: str, entries: list[dict], default_budget: str | None, default_s
                 for seed in seeds:
                     spec = RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed,
                                    max_steps=max_steps, techniques=applied)
-                    label = f"{spec.label()}{'-' + preset if preset else ''}"
-                    run_id = to_safe_name(f"{label}-{budget.name}-s{seed}-{spec.config_hash()[:10]}")
+                    label, config_hash = f"{spec.label()}{'-' + preset if preset else ''}", spec.config_hash()
+                    run_id = to_safe_name(f"{label}-{budget.name}-s{seed}-{config_hash[:10]}")
                     if run_id in seen:
                         continue
                     seen.add(run_id)
                     sweep.runs.append(PlannedRun(run_id=run_id, variant=variant_ref(variant), preset=preset,
                                                  params={**flags, **tech_flags}, swept=swept, seed=seed,
                                                  budget=budget_name, max_steps=max_steps,
-                                                 with_=",".join(s.name for s in specs)))
+                                                 with_=",".join(s.name for s in specs),
+                                                 config_hash=config_hash))
     return sweep
 
 
@@ -203,7 +209,12 @@ def load_spec_file(path: Path, seeds_override: int | None = None, name: str | No
         raise UserError(f"{path}: no [[runs]] entries")
     seeds = seeds_of(seeds_override if seeds_override is not None else data.get("seeds", 1), str(path))
     max_steps = max_steps if max_steps is not None else max_steps_of(data.get("max_steps"), str(path))
-    return expand(name or str(data.get("name", path.stem)), runs, data.get("budget"), seeds, str(path), max_steps)
+    from harness.sweep.slurm import from_table
+
+    slurm = from_table(data.get("slurm", {}), str(path))
+    sweep = expand(name or str(data.get("name", path.stem)), runs, data.get("budget"), seeds, str(path), max_steps)
+    sweep.slurm = slurm
+    return sweep
 
 
 def parse_grid(words: list[str]) -> dict[str, list[str]]:

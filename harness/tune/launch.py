@@ -169,8 +169,8 @@ def live_jobs(settings: st.Settings) -> list[str]:
 
 def run_slurm(path: Path, settings: st.Settings, workers: int, slurm, time_minutes: int | None, echo=print) -> None:
     """Submit enough worker jobs (one array) to have `workers` in flight, no more than trials still missing."""
-    from harness.budget import load_budget
-    from harness.sweep import job_log, now, slurm_executor, submit_array, time_limit_minutes
+    from harness.sweep import job_log, now, submit_array
+    from harness.sweep.slurm import executor as slurm_executor
     from harness.tune.worker import SlurmWorker
 
     study = st.open_study(settings)
@@ -181,10 +181,8 @@ def run_slurm(path: Path, settings: st.Settings, workers: int, slurm, time_minut
     if need <= 0:
         echo(f"{len(live)} worker job(s) in flight; none to add")
         return
-    budget = load_budget(settings.budget)
-    per_worker = math.ceil((settings.trials - t.counted) / need)
-    minutes = time_minutes or per_worker * time_limit_minutes(budget, 0) + math.ceil(slurm.margin_minutes)
-    executor = slurm_executor(settings.folder / "slurm", budget, slurm, minutes, f"golf-tune-{settings.name}")
+    per_worker, minutes, params = worker_jobs(settings, need, settings.trials - t.counted, slurm, time_minutes)
+    executor = slurm_executor(settings.folder / "slurm" / "%j", params)
     first = len(settings.submissions)
     jobs = submit_array(executor, [SlurmWorker(str(path), first + i) for i in range(need)])
     settings.submissions += [{"job_id": str(j.job_id), "index": first + i, "log": job_log(j), "submitted_at": now()}
@@ -192,6 +190,29 @@ def run_slurm(path: Path, settings: st.Settings, workers: int, slurm, time_minut
     st.save_settings(settings)
     echo(f"submitted {need} worker(s) as SLURM array {jobs[0].job_id.split('_')[0]} (time limit {minutes} min, "
          f"about {per_worker} trial(s) each); logs in {settings.folder / 'slurm'}")
+
+
+def worker_jobs(settings: st.Settings, jobs: int, trials_left: int, slurm, time_minutes: int | None) -> tuple:
+    """(trials per worker, time limit in minutes, submitit's parameters) for `jobs` worker jobs."""
+    from harness.budget import load_budget
+    from harness.sweep import time_limit_minutes
+    from harness.sweep.slurm import executor_parameters
+
+    budget = load_budget(settings.budget)
+    per_worker = math.ceil(trials_left / jobs)
+    minutes = time_minutes or per_worker * time_limit_minutes(budget, 0) + math.ceil(slurm.margin_minutes)
+    return per_worker, minutes, executor_parameters(budget, slurm, minutes, f"golf-tune-{settings.name}")
+
+
+def sbatch_preview(settings: st.Settings, workers: int, slurm, time_minutes: int | None) -> str:
+    """The sbatch script of the worker jobs a new study would submit, as submitit would write it."""
+    from harness.sweep.slurm import sbatch_script
+
+    jobs = min(workers, settings.trials)
+    per_worker, minutes, params = worker_jobs(settings, jobs, settings.trials, slurm, time_minutes)
+    return (f"\nsbatch script for {jobs} worker job(s) (about {per_worker} trial(s) each, time limit {minutes} "
+            f"min), as submitit would submit it{' (one job array)' if jobs > 1 else ''}:\n"
+            + sbatch_script(settings.folder / "slurm" / "%j", params, jobs).rstrip())
 
 
 def follow(path: Path, settings: st.Settings, workers: int, slurm, time_minutes: int | None,
@@ -242,12 +263,14 @@ def reevaluate(settings: st.Settings, candidates: list, seeds: int, executor: st
         plan.runs += [r for r in runs if r.run_id not in {p.run_id for p in plan.runs}]
     results_dir = Path(settings.results_dir)
     echo(f"re-evaluating the top {len(candidates)} over {seeds} seeds ({len(plan.runs)} more runs)")
-    sw.submit(plan, results_dir, "local" if executor == "local" else "slurm", workers, slurm, echo=echo)
+    reused = sw.submit(plan, results_dir, "local" if executor == "local" else "slurm", workers, slurm,
+                       echo=echo).get("reused", {})
     if executor == "slurm":
         sw.follow(plan.name, results_dir, echo=echo)
     out = {}
     for trial in candidates:
-        records = [st.read_record(results_dir, r) for r in [trial.user_attrs["run_id"], *ids[trial.number]]]
+        runs = [trial.user_attrs["run_id"], *(reused.get(r, r) for r in ids[trial.number])]
+        records = [st.read_record(results_dir, r) for r in runs]
         out[trial.number] = [r for r in records if r and r.get("status") in st.SCORED]
     return out
 
