@@ -164,6 +164,8 @@ def build_parser() -> Parser:
     rep.add_argument("--results-dir", type=Path, help="where run folders are (default: results/)")
     rep.add_argument("--budget", help="comma-separated budget names to include (default: all)")
     rep.add_argument("--variant", help="comma-separated variant names to include (default: all)")
+    rep.add_argument("--sweep", help="only the runs of this sweep (a sweep's own page)")
+    rep.add_argument("--study", help="only the trials of this tuning study (a study's own page)")
     rep.add_argument("--out", type=Path, help="HTML file to write (default: reports/index.html); with --format md, "
                                               "a Markdown file (default: print it)")
     rep.add_argument("--format", choices=("html", "md"), default="html")
@@ -657,7 +659,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not 0 < args.contended_below < 1:
         raise UserError(f"--contended-below {args.contended_below} must be a fraction between 0 and 1 (e.g. 0.1)")
     if args.format == "md":
-        text = build_markdown(results_dir, args.budget, args.variant, args.contended_below)
+        text = build_markdown(results_dir, args.budget, args.variant, args.contended_below, args.sweep, args.study)
         if args.out:
             from harness.report import claim_outputs, remember_outputs, write_text
 
@@ -674,7 +676,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out {out} should end in .html (use --format md for Markdown)")
     t0 = time.perf_counter()
-    built = build_report(results_dir, out, args.budget, args.variant, args.contended_below)
+    from harness.report import Progress
+
+    built = build_report(results_dir, out, args.budget, args.variant, args.contended_below, args.sweep, args.study,
+                         progress=Progress())
     print(f"wrote {built.index} ({built.runs:,} runs, {built.run_pages:,} run pages, "
           f"{', '.join(p.name for p in built.exports)}) in {time.perf_counter() - t0:.1f}s")
     return 0

@@ -17,6 +17,7 @@ from scipy import stats
 
 from conftest import harness_cli, harness_main
 from harness.budget import load_budget
+from harness.errors import UserError
 from harness.registry import get_variant
 from harness.report import plots, tables
 from harness.train import RunSpec, run
@@ -27,18 +28,25 @@ INJECTED = '<script>window.__injected = 1</script><img src="https://example.com/
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory) -> Path:
-    """Real runs of the smoke budget — baseline and two variants, two seeds each — cut to a few steps and a
-    short validation slice so the module stays quick; one run carries a note with markup in it."""
+    """Real runs of the smoke budget — baseline and two variants — cut to a few steps and a short validation
+    slice, and a second seed of each: a copy of the real record with seed 2 and its scores moved by a known
+    amount (each real run pays the sealed round trip, the bulk of this module's time; the tests here are about
+    what the report does with records). One run carries a note with markup in it."""
     results = tmp_path_factory.mktemp("results")
     budget = dataclasses.replace(load_budget("smoke"), val_tokens_cap=8192)
-    for name, preset in CONFIGS:
+    for n, (name, preset) in enumerate(CONFIGS):
         variant, _ = get_variant(name)
         config = variant.resolve(preset, budget.model, None, budget.name)
-        for seed in (1, 2):
-            note = INJECTED if (name, seed) == ("mla", 1) else None
-            record = run(RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=seed,
-                                 results_dir=results, max_steps=3, quiet=True, note=note, command=["test"]))
-            assert record["status"] == "ok", record.get("error")
+        note = INJECTED if name == "mla" else None
+        record = run(RunSpec(variant=variant, config=config, budget=budget, preset=preset, seed=1,
+                             results_dir=results, max_steps=3, quiet=True, note=note, command=["test"]))
+        assert record["status"] == "ok", record.get("error")
+        shift = 0.01 * (n + 1)  # a different spread per configuration, so every Welch test has a variance
+        second = {**record, "seed": 2, "note": None, "run_id": record["run_id"].replace("-s1-", "-s2-") + "-copy",
+                  **{k: record[k] + shift for k in ("val_loss_post_quant", "val_loss", "val_bpb_post_quant",
+                                                    "val_bpb")}}
+        shutil.copytree(results / record["run_id"], results / second["run_id"])
+        (results / second["run_id"] / "run.json").write_text(json.dumps(second))
     # Each run probed the machine's speed as it was then; on a busy machine some probes are slow and those runs
     # would be flagged contended. These tests are about the leaderboard's arithmetic, so every run is given the
     # first run's probe (contention has tests of its own below).
@@ -105,9 +113,9 @@ def test_the_baseline_with_techniques_is_a_row_of_its_own_never_the_reference(sm
         (results / record["run_id"] / "run.json").write_text(json.dumps(record))
     (board,) = tables.build_leaderboards(tables.load_runs(results))
     rows = {r["label"]: r for r in board.table.to_dicts()}
-    assert rows["baseline+mtp"]["seeds"] == 4 and rows["baseline"]["seeds"] == 2
+    assert rows["baseline +mtp"]["seeds"] == 4 and rows["baseline"]["seeds"] == 2
     assert board.baseline_key == rows["baseline"]["config_key"]
-    assert rows["baseline+mtp"]["delta_bpb"] == pytest.approx(-0.5, abs=0.05)
+    assert rows["baseline +mtp"]["delta_bpb"] == pytest.approx(-0.5, abs=0.05)
 
 
 def test_welch_test_needs_two_seeds_and_honours_the_margin():
@@ -248,6 +256,37 @@ def chromium_path() -> str | None:
     return None
 
 
+# Every inline SVG on a page: the series it says it draws, its legends' entries (each entry's lines joined) and
+# whether each legend lies inside the drawing (a legend floating outside its figure is cut off or overlaps).
+PLOTS_JS = """() => Array.from(document.querySelectorAll("svg")).map(function (svg) {
+  var box = svg.getBoundingClientRect();
+  var legends = Array.from(svg.querySelectorAll('g[id^="legend"]'));
+  return {
+    series: svg.dataset.series === undefined ? null : JSON.parse(svg.dataset.series),
+    legend: legends.flatMap(function (g) {
+      return Array.from(g.querySelectorAll('g[id^="text"]')).map(function (t) {
+        return Array.from(t.querySelectorAll("text")).map(function (x) { return x.textContent.trim(); }).join(" ");
+      });
+    }),
+    inside: legends.every(function (g) {
+      var b = g.getBoundingClientRect();
+      return b.left >= box.left - 1 && b.right <= box.right + 1 && b.top >= box.top - 1 && b.bottom <= box.bottom + 1;
+    })
+  };
+})"""
+LEGEND_TITLES = {"configuration (median run)"}
+
+
+def check_plots(page, where: str) -> int:
+    """Each plot names what it draws, and its legend lists exactly that, inside the figure. Returns the count."""
+    plotted = page.evaluate(PLOTS_JS)
+    for n, svg in enumerate(plotted):
+        assert svg["series"], f"{where}: plot {n} does not say what it draws"
+        assert sorted(svg["series"]) == sorted(set(svg["legend"]) - LEGEND_TITLES), (where, n, svg)
+        assert svg["inside"], f"{where}: plot {n}'s legend lies outside the figure"
+    return len(plotted)
+
+
 def test_report_works_in_headless_chromium(smoke_results, tmp_path):
     executable = chromium_path()
     if executable is None:
@@ -257,6 +296,16 @@ def test_report_works_in_headless_chromium(smoke_results, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     out = tmp_path / "site" / "index.html"
     assert harness_cli("report", "--results-dir", str(smoke_results), "--out", str(out)).returncode == 0
+    from harness.report import build_report
+
+    def tag(record):  # the same runs, as a sweep's and a study's members
+        if record["variant"] == "mla":
+            record["sweep"] = {"name": "mla-latent", "params": {"kv_latent_dim": 64, "seed": record["seed"]}}
+        if record["variant"] == "depth_recurrence":
+            record["study"] = {"name": "dr-study", "trial": record["seed"], "params": {"matrix_lr": 0.01}}
+    tagged = copy_results(smoke_results, tmp_path / "tagged", tag)
+    sweep_page = build_report(tagged, tmp_path / "site" / "mla-latent.html", sweep="mla-latent").index
+    study_page = build_report(tagged, tmp_path / "site" / "dr-study.html", study="dr-study").index
     problems, foreign = [], []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
@@ -269,6 +318,7 @@ def test_report_works_in_headless_chromium(smoke_results, tmp_path):
         table = page.locator("#board-0-table")
         assert table.locator("tbody tr").count() == 3
         assert page.locator("section#board-0 figure svg").count() == 4  # three Pareto fronts, the curves
+        assert check_plots(page, "main page") == 4
 
         def column(index: int) -> list[float]:
             cells = table.locator(f"tbody tr td:nth-child({index + 1})").all()
@@ -287,6 +337,12 @@ def test_report_works_in_headless_chromium(smoke_results, tmp_path):
         page.goto(run_page.as_uri())
         assert INJECTED.split(">")[0] + ">" in page.locator("body").inner_text()  # shown as text, not run
         assert page.evaluate("typeof window.__injected") == "undefined"
+        assert check_plots(page, "run page") == 2  # val_bpb; train loss (and the learning rate where recorded)
+        for built, kind, section in ((sweep_page, "sweep", "sweeps"), (study_page, "study", "studies")):
+            page.goto(built.as_uri())
+            page.wait_for_load_state("load")
+            assert page.locator(f"section#{section} h3").count() == 1
+            assert check_plots(page, f"{kind} page") >= 4
         browser.close()
     assert problems == [] and foreign == []
     assert (tmp_path / "report.png").stat().st_size > 20_000
@@ -330,3 +386,152 @@ def test_a_run_page_shows_expert_metrics_as_a_table_by_layer():
     plain = render.run_page({"run_id": "act", "variant": "ut_act", "variant_metrics": {"mean_steps_per_token": 3.5}},
                             None, "../index.html")
     assert 'id="experts"' not in plain and "variant metric: mean_steps_per_token" in plain
+
+
+def test_seeds_are_distinct_seeds_and_repeated_runs_of_one_seed_say_so(smoke_results, tmp_path):
+    def repeat_seed_one(record):
+        if record["variant"] == "mla":
+            record["seed"] = 1  # two runs of one seed: the machine's noise, not two seeds
+    results = copy_results(smoke_results, tmp_path / "r", repeat_seed_one)
+    (board,) = tables.build_leaderboards(tables.load_runs(results))
+    rows = {r["label"]: r for r in board.rows}
+    assert (rows["mla:gqa_latent64"]["seeds"], rows["mla:gqa_latent64"]["scored_runs"]) == (1, 2)
+    assert tables.seeds_text(rows["mla:gqa_latent64"]) == "1 seed, 2 runs"
+    assert tables.seeds_text(rows["baseline"]) == "2"
+    from harness.report import render
+
+    html = "".join(render.leaderboard_rows(board))
+    assert ">1 seed, 2 runs</td>" in html and "seed repeated: ± and p measure run-to-run noise" in html
+    assert "| 1 seed, 2 runs |" in render.markdown([board])
+
+
+def svg_series_and_legend(svg: str) -> tuple[list[str], list[str]]:
+    """What an SVG says it draws (data-series) and the texts of its legends' entries (each entry's lines
+    joined), from the SVG text the way the browser test reads the DOM."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    entries = []
+    for legend in root.iter(f"{ns}g"):
+        if legend.get("id", "").startswith("legend"):
+            for group in legend.iter(f"{ns}g"):
+                if group.get("id", "").startswith("text"):
+                    entries.append(" ".join("".join(t.itertext()).strip() for t in group.iter(f"{ns}text")))
+    return json.loads(root.get("data-series")), entries
+
+
+def test_every_plotted_series_has_a_legend_entry_and_nothing_else_does():
+    rows = [{"label": f"eigenweight rank={r} matrix_lr=0.04 embed_lr=0.6 +mtp", "variant": "eigenweight",
+             "techniques": "mtp", "bpb_mean": 3.0 - r / 1000, "bpb_std": 0.01, "artifact_total_bytes": 1000 * r,
+             "stored_param_count": 150_000 + 1000 * r} for r in (32, 64, 96)]
+    curve = [{"step": s, "seconds": s * 0.5, "tokens": s * 4096, "train_loss": 6 - s / 10} for s in range(1, 9)]
+    curve[-1]["val_bpb"] = 3.3
+    svgs = [
+        plots.pareto_plot(rows, "artifact_total_bytes", "bytes", cap=16_000_000, log_x=True),  # no baseline here
+        plots.pareto_plot(rows, "stored_param_count", "stored parameters", log_x=True),
+        plots.learning_curves([{"label": r["label"], "baseline": False, "curve": curve, "final": None}
+                               for r in rows]),
+        plots.parameter_plot([{"rank": r, "val_bpb_post_quant": 3 - r / 1000} for r in (32, 64)], "rank"),
+        plots.history_plot([{"trial": t, "val_bpb_post_quant": 3 - t / 10, "pruned_bpb": None} for t in range(3)]),
+        plots.importance_plot({"rank": 0.7, "matrix_lr": 0.3}, trials=3),
+    ]
+    for svg in svgs:
+        series, legend = svg_series_and_legend(svg)
+        assert series and sorted(series) == sorted(set(legend) - {"configuration (median run)"}), (series, legend)
+    curves_series, _ = svg_series_and_legend(svgs[2])
+    assert curves_series == [r["label"] for r in rows]  # labelled by configuration, as the table's rows
+    assert "baseline" not in svg_series_and_legend(svgs[0])[0]
+
+
+def tick_labels(svg_axis) -> list[str]:
+    svg_axis.figure.canvas.draw()
+    return [t.get_text() for t, loc in zip(svg_axis.get_ticklabels(), svg_axis.get_ticklocs())
+            if t.get_text() and svg_axis.get_view_interval()[0] <= loc <= svg_axis.get_view_interval()[1]]
+
+
+@pytest.mark.parametrize("values,log", [([150_000, 190_000], True), ([2_000, 300_000], True), ([1e5, 1e9], True),
+                                        ([1, 2], False), ([32, 64, 96], False)])
+def test_axes_have_two_or_more_labels_and_integers_never_get_halves(values, log):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.7, 3.5))
+    ax.plot(values, [1.0] * len(values), "o")
+    plots.scale_axis(ax, "x", [float(v) for v in values], log)
+    labels = tick_labels(ax.xaxis)
+    locations = [loc for loc in ax.xaxis.get_ticklocs() if ax.get_xlim()[0] <= loc <= ax.get_xlim()[1]]
+    plt.close(fig)
+    assert 2 <= len(labels) <= 9, labels
+    if not log:
+        assert all(float(loc).is_integer() for loc in locations), locations
+
+
+def test_a_small_study_s_importances_carry_a_caution(smoke_results, tmp_path):
+    from harness.report import grouped_section
+
+    def tag(record):
+        record["study"] = {"name": "s", "trial": record["seed"] + (10 if record["variant"] == "mla" else 0),
+                           "params": {"matrix_lr": 0.01 * record["seed"]}, "objectives": ["val_bpb"],
+                           "distributions": {"matrix_lr": json.dumps({"name": "FloatDistribution", "attributes": {
+                               "low": 0.001, "high": 0.1, "log": True, "step": None}})}}
+    results = copy_results(smoke_results, tmp_path / "r", tag)
+    section = grouped_section(tables.load_runs(results), "study")
+    assert "Caution: from only 6 completed trials" in section
+
+
+def test_a_sweep_page_and_a_study_page_hold_only_their_members(smoke_results, tmp_path):
+    from harness.report import build_report
+
+    def tag(record):
+        if record["variant"] == "mla":
+            record["sweep"] = {"name": "mla-latent", "params": {"kv_latent_dim": 64}}
+        if record["variant"] == "depth_recurrence":
+            record["study"] = {"name": "dr-study", "trial": record["seed"], "params": {"matrix_lr": 0.01}}
+    results = copy_results(smoke_results, tmp_path / "r", tag)
+    for kind, name, variant in (("sweep", "mla-latent", "mla"), ("study", "dr-study", "depth_recurrence")):
+        out = tmp_path / "reports" / f"{name}.html"
+        built = build_report(results, out, **{kind: name})
+        page = out.read_text()
+        members = [r["run_id"] for r in records_of(results) if r["variant"] == variant]
+        assert built.runs == 2 and all(m in page for m in members)
+        assert not any(r["run_id"] in page for r in records_of(results) if r["variant"] != variant)
+        assert f"<h1>{kind} {name}</h1>" in page
+    with pytest.raises(UserError, match="--sweep 'nope' matches no run record; recorded: mla-latent"):
+        build_report(results, tmp_path / "reports" / "x.html", sweep="nope")
+
+
+def test_a_run_page_plots_its_curve_and_the_learning_rate_where_recorded(tmp_path):
+    from harness.report import render
+
+    curve = [{"step": s, "seconds": 0.1 * s, "tokens": 4096 * s, "train_loss": 7 - s / 500,
+              "lr": 0.04 * min(1, s / 100), "lr_scale": min(1, s / 100), "grad_norm": 1.0,
+              "tokens_per_second": 40960.0} for s in range(1, 2001)]
+    for point in curve[::500]:
+        point.update(val_loss=5.0, val_bpb=3.0 - point["step"] / 10_000)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "curve.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curve) + '{"step": 20')  # torn tail
+    running = render.run_page({"run_id": "r", "variant": "baseline", "status": "running"}, run_dir, "../index.html")
+    svgs = [running[i:running.index("</svg>", i)] + "</svg>" for i in range(len(running))
+            if running.startswith("<svg", i)]
+    assert len(svgs) == 2 and "curve.jsonl" in running
+    val, loss = (svg_series_and_legend(svg) for svg in svgs)
+    assert val[0] == ["val_bpb (validation during training)"] and loss[0] == [
+        "train loss (nats)", "learning rate (matrix/Muon, as applied)"]
+    assert all(sorted(series) == sorted(legend) for series, legend in (val, loss))
+    assert svgs[1].count("<circle") == 0 and len(svgs[1]) < 40_000  # thinned to a few hundred points
+    old = [{k: c[k] for k in ("step", "seconds", "tokens", "train_loss")} for c in curve[:300]]
+    finished = render.run_page({"run_id": "r", "variant": "baseline", "status": "ok", "curve": old}, None, "../x")
+    assert "learning rate" not in finished and "train loss (nats)" in finished  # old records: no LR axis
+
+
+def test_a_long_build_says_how_far_it_got_on_stderr_and_a_short_one_says_nothing(smoke_results, tmp_path):
+    import io
+
+    from harness.report import Progress, build_report
+
+    loud, silent = io.StringIO(), io.StringIO()
+    build_report(smoke_results, tmp_path / "a" / "index.html", progress=Progress(after_seconds=0, stream=loud))
+    build_report(smoke_results, tmp_path / "b" / "index.html", progress=Progress(stream=silent))
+    assert "report: read 6 records" in loud.getvalue() and "run pages" in loud.getvalue()
+    assert silent.getvalue() == ""

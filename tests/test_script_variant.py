@@ -245,5 +245,5 @@ def test_the_fixture_submission_runs_end_to_end_onto_the_leaderboard(tmp_path):
     assert [json.loads(line)["step"] for line in (run_dir / "curve.jsonl").read_text().splitlines()] == [1, 2, 3]
     (board,) = build_leaderboards(load_runs(results))
     (row,) = board.rows
-    assert row["label"] == "script:train_gpt.py" and row["rank"] == 1 and math.isclose(
+    assert row["label"] == "script:train_gpt.py NUM_LAYERS=2" and row["rank"] == 1 and math.isclose(
         row["bpb_mean"], record["val_bpb_post_quant"])

@@ -199,11 +199,12 @@ def test_local_sweep_reruns_only_what_did_not_finish_and_reuses_a_plain_run(tmp_
     assert state["reused"][reused_point] == plain_id and reused_point != made_id
     status = harness_cli("status", "lr", "--results-dir", str(results))
     assert re.search(rf"(?m)^  done +baseline .*ok: reuses {plain_id}.*  {plain_id}$", status.stdout), status.stdout
-    from harness.report import grouped_section, tables
+    from harness.report import grouped_section, load, tables
     from harness.sweep import reused_members
 
     page = grouped_section(tables.load_runs(results), "sweep", reused_members(results))
     assert "sweep lr (2 runs)" in page and f"runs/{plain_id}.html" in page and f"runs/{made_id}.html" in page
+    assert {r.row["run_id"] for r in load(results, None, None, sweep="lr")} == {plain_id, made_id}  # its own page
 
     again = harness_cli(*args)
     assert "2 done, 0 in flight, 0 to run" in again.stdout and records(results) == runs

@@ -2,7 +2,8 @@
 
 Flow: load every run.json (tables.load_runs) → leaderboards per budget and hardware with seed statistics
 (tables) → Pareto plots and learning curves (plots) → the index page, a page per run and CSV/Parquet exports
-(render). Reports read records, never logs (except to show a run's log tail on its own page).
+(render). Reports read records, never logs (except to show a run's log tail on its own page). A sweep's or a
+study's own page (`sweep --wait`, `tune`, `report --sweep/--study`) is the same report over its members only.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from harness.report import plots, render, tables
 from harness.sweep import reused_members
 
 CURVES_PER_BOARD = 8
+FEW_TRIALS = 10  # fewer completed trials than this: a study's importances get a caution
 PAGE_CHUNK = 500
 _SHARED: dict = {}  # what forked workers read: set before the pool starts, never sent through pipes
 
@@ -32,8 +37,47 @@ class Built:
     runs: int
 
 
-def select(runs: list[tables.Run], budget: str | None, variant: str | None) -> list[tables.Run]:
-    """Keep the runs of the named budgets and variants; a name that matches nothing is a user mistake."""
+class Progress:
+    """A line on stderr about a long build ("report: read 2,400 records…"): silent for the first
+    `after_seconds` (a small report says nothing), then at most once a second; `\r`-updated on a terminal."""
+
+    def __init__(self, after_seconds: float = 2.0, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.start, self.after, self.last = time.monotonic(), after_seconds, 0.0
+
+    def __call__(self, text: str, final: bool = False) -> None:
+        now = time.monotonic()
+        if now - self.start < self.after or (now - self.last < 1.0 and not final):
+            return
+        self.last = now
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        self.stream.write(("\r" if tty else "") + f"report: {text}" + ("" if tty and not final else "\n"))
+        self.stream.flush()
+
+
+def quiet(text: str, final: bool = False) -> None:
+    pass
+
+
+def member(run: tables.Run, kind: str, name: str, members: dict[str, list[dict]] | None = None) -> bool:
+    """Whether a run belongs to the sweep (kind "sweep") or tuning study ("study") called `name`: its record
+    says so, by name, or (`members`, a sweep's) the sweep counts a plain run as one of its points. A sweep's
+    re-evaluation of a study is a sweep of its own ("NAME-reeval")."""
+    infos = [run.record.get(kind), *((members or {}).get(run.row["run_id"], []) if kind == "sweep" else [])]
+    return any(isinstance(info, dict) and str(info.get("name")) == name for info in infos)
+
+
+def select(runs: list[tables.Run], budget: str | None, variant: str | None, sweep: str | None = None,
+           study: str | None = None, members: dict[str, list[dict]] | None = None) -> list[tables.Run]:
+    """Keep the runs of the named budgets and variants (and sweep or study); a name that matches nothing is a
+    user mistake."""
+    for kind, name in (("sweep", sweep), ("study", study)):
+        if name:
+            mine = [r for r in runs if member(r, kind, name, members)]
+            if not mine:
+                known = sorted({str(r.record[kind]["name"]) for r in runs if isinstance(r.record.get(kind), dict)})
+                raise UserError(f"--{kind} {name!r} matches no run record; recorded: {', '.join(known) or 'none'}")
+            runs = mine
     for key, wanted in (("budget_name", budget), ("variant", variant)):
         if not wanted:
             continue
@@ -47,19 +91,25 @@ def select(runs: list[tables.Run], budget: str | None, variant: str | None) -> l
     return runs
 
 
-def load(results_dir: Path, budget: str | None, variant: str | None) -> list[tables.Run]:
+def load(results_dir: Path, budget: str | None, variant: str | None, sweep: str | None = None,
+         study: str | None = None, progress: Callable = quiet) -> list[tables.Run]:
     if not Path(results_dir).is_dir():
         raise UserError(f"results folder {results_dir} does not exist; pass --results-dir or run something first")
-    runs = tables.load_runs(results_dir)
+    runs = tables.load_runs(results_dir, progress=lambda n: progress(f"read {n:,} records…"))
     if not runs:
         raise UserError(f"no run records in {results_dir}; make one with: "
                         "python -m harness run --variant baseline --budget smoke")
-    return select(runs, budget, variant)
+    members = reused_members(results_dir) if sweep else None  # plain runs a sweep counts as its points
+    selected = select(runs, budget, variant, sweep, study, members)  # a mistake: one line on stderr, nothing before
+    progress(f"read {len(runs):,} records" + (f", {len(selected):,} selected" if len(selected) < len(runs) else ""),
+             final=True)
+    return selected
 
 
 def curve_series(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]]) -> list[dict]:
     """The best configurations' median-seed runs (and the baseline's), as series for learning_curves."""
     ranked = [r["config_key"] for r in board.rows if r["ranked"]]
+    labels = {r["config_key"]: r["label"] for r in board.rows}  # the row's label, so the legend matches the table
     keys = list(dict.fromkeys(([board.baseline_key] if board.baseline_key else []) + ranked[:CURVES_PER_BOARD]))
     series = []
     for key in keys:
@@ -67,10 +117,11 @@ def curve_series(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]])
                            and r.row["val_bpb_post_quant"] is not None), key=lambda r: r.row["val_bpb_post_quant"])
         if not finished:
             continue
-        rec = finished[(len(finished) - 1) // 2].record
+        r = finished[(len(finished) - 1) // 2]
+        rec = r.record
         final = ({"seconds": rec["train_seconds"], "tokens": rec.get("tokens_seen"), "val_bpb": rec["val_bpb"]}
                  if rec.get("val_bpb") is not None and rec.get("train_seconds") is not None else None)
-        series.append({"label": f"{rec.get('variant')}{':' + rec['preset'] if rec.get('preset') else ''}",
+        series.append({"label": labels.get(key) or r.row["label"],
                        "baseline": key == board.baseline_key, "curve": rec.get("curve") or [], "final": final})
     return series
 
@@ -83,14 +134,16 @@ def board_section(board: tables.Leaderboard, by_key: dict[str, list[tables.Run]]
     figures = [
         render.figure(plots.pareto_plot(plotted, "artifact_total_bytes", "artifact bytes (model + code)", cap=cap,
                                         log_x=True, title=f"{title}: size"),
-                      "val_bpb against artifact bytes; dashed: cap"),
+                      "val_bpb against artifact bytes; dashed: cap; points are labelled with the table's "
+                      "configuration"),
         render.figure(plots.pareto_plot(plotted, "tokens_per_second", "training tokens per second",
                                         maximize_x=True, title=f"{title}: speed"), "val_bpb against throughput"),
         render.figure(plots.pareto_plot(plotted, "stored_param_count", "stored parameters", log_x=True,
                                         title=f"{title}: parameters"), "val_bpb against stored parameters"),
     ]
     curves = render.figure(plots.learning_curves(curve_series(board, by_key), title),
-                           "the median seed of the best configurations; the baseline in black", wide=True)
+                           "the median run of the best configurations, labelled as in the table; the baseline in "
+                           "black", wide=True)
     return (f'<section id="{render.esc(anchor)}"><h2>{render.esc(title)}</h2>{render.board_heading(board)}'
             + render.table(render.LEADERBOARD_HEADERS, render.leaderboard_rows(board), f"{anchor}-table")
             + f'<h3>Pareto fronts</h3><div class="plots">{"".join(figures)}</div>'
@@ -137,17 +190,23 @@ def grouped_section(runs: list[tables.Run], kind: str, members: dict[str, list[d
             from harness.tune.study import importances
 
             front = [{**row, "bpb_mean": row["val_bpb_post_quant"], "bpb_std": 0.0} for row in rows]
+            completed = sum(1 for row in rows if row["status"] in ("ok", "over_cap", "over_eval_limit")
+                            and row["val_bpb_post_quant"] is not None)
+            caution = (f" Caution: from only {completed} completed trial{'s' if completed != 1 else ''}; with "
+                       f"fewer than {FEW_TRIALS} the importances are rough." if completed < FEW_TRIALS else "")
             objectives = next((row["_record"]["study"].get("objectives") for row in rows), None) or ["val_bpb"]
             figures[:0] = [
                 render.figure(plots.history_plot(rows, title), "trials in order; line: best so far"),
-                render.figure(plots.importance_plot(importances([row["_record"] for row in rows]), title),
-                              "how much each parameter explains of val_bpb across the trials"),
-                render.figure(plots.pareto_plot(front, "artifact_total_bytes", "artifact bytes",
-                                                cap=rows[0].get("artifact_cap_bytes"), title=f"{title}: size"),
+                render.figure(plots.importance_plot(importances([row["_record"] for row in rows]), title, completed),
+                              "how much each parameter explains of val_bpb across the trials." + caution),
+                render.figure(plots.pareto_plot(front, "artifact_total_bytes", "artifact bytes", log_x=True,
+                                                cap=rows[0].get("artifact_cap_bytes"), title=f"{title}: size",
+                                                point_label="trial"),
                               "trials: val_bpb vs size; line: front")]
             if "tokens_per_second" in objectives:
                 figures.insert(3, render.figure(plots.pareto_plot(front, "tokens_per_second", "tokens / s",
-                                                                  maximize_x=True, title=f"{title}: speed"),
+                                                                  maximize_x=True, title=f"{title}: speed",
+                                                                  point_label="trial"),
                                                 "trials: val_bpb vs throughput; line: front"))
         parts.append(f"<h3>{render.esc(title)} ({len(rows)} runs)</h3>" + render.table(headers, body)
                      + f'<div class="plots">{"".join(figures)}</div>')
@@ -158,8 +217,11 @@ def grouped_section(runs: list[tables.Run], kind: str, members: dict[str, list[d
 
 
 def build_report(results_dir: Path, out: Path, budget: str | None = None, variant: str | None = None,
-                 contended_fraction: float = tables.CONTENDED_FRACTION) -> Built:
-    runs = load(results_dir, budget, variant)
+                 contended_fraction: float = tables.CONTENDED_FRACTION, sweep: str | None = None,
+                 study: str | None = None, progress: Callable = quiet) -> Built:
+    """The report over every record in results_dir (or only a sweep's or a study's). `progress` gets a line
+    now and then (pass Progress() for stderr after two seconds)."""
+    runs = load(results_dir, budget, variant, sweep, study, progress)
     boards = tables.build_leaderboards(runs, contended_fraction)
     by_key: dict[str, list[tables.Run]] = {}
     for r in runs:
@@ -174,20 +236,22 @@ def build_report(results_dir: Path, out: Path, budget: str | None = None, varian
     anchors = [f"board-{i}" for i in range(len(boards))]
     nav = "<nav>" + "".join(f'<a href="#{a}">{render.esc(render.board_title(b))}</a>'
                             for a, b in zip(anchors, boards)) + '<a href="#runs">all runs</a></nav>'
-    filters = " ".join(f"{k} {v}" for k, v in (("budget", budget), ("variant", variant)) if v)
+    filters = " ".join(f"{k} {v}" for k, v in (("sweep", sweep), ("study", study), ("budget", budget),
+                                                ("variant", variant)) if v)
+    title = f"sweep {sweep}" if sweep else f"study {study}" if study else "golf-harness report"
     frame.write_csv(exports[0])
     frame.write_parquet(exports[1])
     run_rows = sorted((r.row for r in runs), key=lambda row: str(row["started_at"]), reverse=True)
     pages.mkdir(exist_ok=True)
-    sections = in_parallel(boards, anchors, by_key, runs, pages, os.path.relpath(out, pages))
-    body = (render.report_header("golf-harness report", str(results_dir), len(runs), filters) + nav
+    sections = in_parallel(boards, anchors, by_key, runs, pages, os.path.relpath(out, pages), progress)
+    body = (render.report_header(title, str(results_dir), len(runs), filters) + nav
             + "".join(sections)
             + grouped_section(runs, "sweep", reused_members(results_dir)) + grouped_section(runs, "study")
             + '<section id="runs"><h2>All runs</h2><p class="small">Exports: '
             + " ".join(f'<a href="{render.esc(p.name)}">{render.esc(p.name)}</a>' for p in exports) + "</p>"
             + f"<details><summary>{len(run_rows):,} runs, newest first</summary>"
             + render.runs_table(run_rows, "runs-table") + "</details></section>")
-    write_text(out, render.page("golf-harness report", body))
+    write_text(out, render.page(f"{title} — golf-harness" if sweep or study else title, body))
     remember_outputs(out.parent, manifest, [out, *exports, *run_pages])
     return Built(index=out, run_pages=len(runs), exports=exports, runs=len(runs))
 
@@ -248,22 +312,29 @@ def remember_outputs(folder: Path, manifest: set[str], written: list[Path]) -> N
     write_text(folder / MANIFEST, json.dumps(sorted(names), indent=0))
 
 
-def in_parallel(boards, anchors, by_key, runs, pages: Path, back: str) -> list[str]:
+def in_parallel(boards, anchors, by_key, runs, pages: Path, back: str, progress: Callable = quiet) -> list[str]:
     """Plots (one task per leaderboard) and run pages (chunks of PAGE_CHUNK) on every core, via fork; serial
     where fork is not available. Returns the leaderboard sections in order."""
     _SHARED.update(boards=boards, anchors=anchors, by_key=by_key, runs=runs, pages=pages, back=back)
     chunks = [(i, min(i + PAGE_CHUNK, len(runs))) for i in range(0, len(runs), PAGE_CHUNK)]
     workers = min(os.cpu_count() or 1, len(boards) + len(chunks))
+    total, written_pages = len(runs), 0
     try:
         if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
             for chunk in chunks:
                 write_pages(chunk)
+                written_pages += chunk[1] - chunk[0]
+                progress(f"wrote {written_pages:,}/{total:,} run pages…")
+            progress(f"wrote {total:,} run pages; plotting {len(boards)} leaderboard(s)…", final=True)
             return [board_task(i) for i in range(len(boards))]
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             sections = [pool.submit(board_task, i) for i in range(len(boards))]
-            written = [pool.submit(write_pages, chunk) for chunk in chunks]
-            for done in written:
+            written = {pool.submit(write_pages, chunk): chunk for chunk in chunks}
+            for done in as_completed(written):
                 done.result()
+                written_pages += written[done][1] - written[done][0]
+                progress(f"wrote {written_pages:,}/{total:,} run pages…")
+            progress(f"wrote {total:,} run pages; plotting {len(boards)} leaderboard(s)…", final=True)
             return [s.result() for s in sections]
     finally:
         _SHARED.clear()
@@ -281,8 +352,10 @@ def write_pages(chunk: tuple[int, int]) -> None:
 
 
 def build_markdown(results_dir: Path, budget: str | None = None, variant: str | None = None,
-                   contended_fraction: float = tables.CONTENDED_FRACTION) -> str:
-    return render.markdown(tables.build_leaderboards(load(results_dir, budget, variant), contended_fraction))
+                   contended_fraction: float = tables.CONTENDED_FRACTION, sweep: str | None = None,
+                   study: str | None = None) -> str:
+    return render.markdown(tables.build_leaderboards(load(results_dir, budget, variant, sweep, study),
+                                                     contended_fraction))
 
 
 def write_text(path: Path, text: str) -> None:

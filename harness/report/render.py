@@ -6,6 +6,7 @@ Every string that came from a user or a run (names, parameter values, notes, log
 
 from __future__ import annotations
 
+import bisect
 import html
 import json
 import math
@@ -14,7 +15,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from harness.report.tables import ACCEPT_NATS, ACCEPT_P, Leaderboard
+from harness.labels import config_label
+from harness.report.tables import ACCEPT_NATS, ACCEPT_P, Leaderboard, seeds_text
 
 LOG_TAIL_LINES = 80
 
@@ -116,11 +118,15 @@ def run_href(run_id: str) -> str:
 
 
 LEADERBOARD_HEADERS = [
-    ("configuration", "variant:preset"), ("#", "rank among finished configurations within the artifact cap"),
-    ("key parameters", "config values that differ from this budget's baseline"), ("seeds", "finished seeds"),
-    ("val_bpb", "mean after the int8+zlib round trip"), ("± std", "standard deviation over seeds"),
+    ("configuration", "family:preset, the parameters that differ from what the budget and preset give, "
+                      "+techniques: the same label as in the plots"),
+    ("#", "rank among finished configurations within the artifact cap"),
+    ("key parameters", "config values that differ from this budget's baseline"),
+    ("seeds", "distinct seeds among the scored runs (and the scored runs, where a seed repeats)"),
+    ("val_bpb", "mean over scored runs after the int8+zlib round trip"),
+    ("± std", "standard deviation over scored runs: across seeds, or run-to-run noise where a seed repeats"),
     ("pre-quant", "mean val_bpb before quantization"), ("Δ bpb", "mean val_bpb minus the baseline's"),
-    ("p", "one-sided Welch t-test: val_loss at least 0.005 nats below the baseline's"),
+    ("p", "one-sided Welch t-test over scored runs: val_loss at least 0.005 nats below the baseline's"),
     ("bar", "passes the challenge bar: ≥0.005 nats better at p<0.01"),
     ("stored params", "numbers stored in the artifact"), ("artifact bytes", "model + code, largest over seeds"),
     ("tok/s", "training tokens per second"), ("ms/step", "mean training step time"), ("MFU", "model FLOPs use"),
@@ -144,7 +150,7 @@ def leaderboard_rows(board: Leaderboard) -> list[str]:
         rows.append(
             f'<tr class="{classes}">' + cell(r["label"], r["label"], "t")
             + cell(r["rank"], "" if r["rank"] is None else str(r["rank"]))
-            + cell(r["params"], r["params"], "t wrap") + cell(r["seeds"])
+            + cell(r["params"], r["params"], "t wrap") + cell(r["seeds"], seeds_text(r))
             + cell(r["bpb_mean"]) + cell(r["bpb_std"]) + cell(r["bpb_pre_quant"])
             + cell(r["delta_bpb"], delta) + cell(r["p_value"], p_text(r["p_value"])) + cell(bar[0], bar[0], bar[1])
             + cell(r["stored_param_count"])
@@ -164,12 +170,14 @@ def leaderboard_rows(board: Leaderboard) -> list[str]:
 def flags_text(row: dict, board: Leaderboard) -> str:
     if row.get("unverified"):
         return "unverified (ran with --no-preflight)"
+    repeated = ("seed repeated: ± and p measure run-to-run noise, not seed variance"
+                if (row.get("scored_runs") or 0) > (row.get("seeds") or 0) else "")
     if not row.get("contended"):
-        return ""
+        return repeated
     median = board.runs["probe_gflops"].drop_nulls().median()
     below = f" (probe {1 - row['probe_gflops'] / median:.0%} below the median)" if median and row.get(
         "probe_gflops") else ""
-    return "contended" + below
+    return "; ".join(t for t in ("contended" + below, repeated) if t)
 
 
 def board_title(board: Leaderboard) -> str:
@@ -181,7 +189,7 @@ def board_heading(board: Leaderboard) -> str:
     bar = (f"The challenge's bar: {ACCEPT_NATS} nats of val_loss at p &lt; {ACCEPT_P} "
            + (f"= {board.bar_bpb:.5f} bpb at the measured {board.tokens_per_byte:.4f} tokens per byte."
               if board.bar_bpb else "(no tokens-per-byte measured, so no bpb equivalent)."))
-    baseline = (f"Δ and p compare with the baseline row, {esc(base['label'])} ({base['seeds']} seeds, val_bpb "
+    baseline = (f"Δ and p compare with the baseline row, {esc(base['label'])} ({esc(seeds_text(base))}, val_bpb "
                 f"{number(base['bpb_mean'])})." if base else
                 "No finished baseline under this budget and hardware: no Δ or test (run the baseline here).")
     overrides = (f'<p class="small flag">Runs here depart from the budget ({esc(board.overrides)}): they are '
@@ -263,7 +271,7 @@ def run_page(record: dict, run_dir: Path | None, back: str) -> str:
     """One run: what was run, where, what it scored, what the artifact holds, and the end of its log."""
     config = record.get("config") or {}
     env = record.get("environment") or {}
-    label = f"{record.get('variant')}{':' + record['preset'] if record.get('preset') else ''}"
+    label = config_label(record)
     parts = [f'<p><a href="{esc(back)}">← report</a></p><h1>{esc(record.get("run_id"))}</h1>',
              f"<p>{esc(label)} under budget {esc(record.get('budget_name'))}, seed {esc(record.get('seed'))}: "
              f"<b>{esc(record.get('status'))}</b></p>"]
@@ -279,6 +287,7 @@ def run_page(record: dict, run_dir: Path | None, back: str) -> str:
         "eval_seconds_post_quant", "peak_memory_bytes", "diverged_step") if record.get(k) is not None]
                                         + [(f"variant metric: {k}", v) for k, v in variant_metrics.items()])
                  + experts)
+    parts.append(curve_section(record, run_dir))
     cap = record.get("artifact_cap_bytes")
     total = record.get("artifact_total_bytes")
     headroom = f"{cap - total:,} bytes under the cap" if cap and total and total <= cap else \
@@ -330,7 +339,8 @@ def report_header(title: str, source: str, n_runs: int, filters: str) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (f"<h1>{esc(title)}</h1><p class=\"muted small\">{n_runs:,} run records from {esc(source)}"
             f"{' · ' + esc(filters) if filters else ''} · built {stamp} · val_bpb is after the int8+zlib round "
-            "trip unless marked pre-quant; means and standard deviations are over seeds.</p>")
+            "trip unless marked pre-quant; means and standard deviations are over a configuration's scored runs, "
+            "which are distinct seeds unless the seeds column says a seed was run more than once.</p>")
 
 
 def markdown(boards: list[Leaderboard]) -> str:
@@ -351,9 +361,176 @@ def markdown(boards: list[Leaderboard]) -> str:
             size = number(r["artifact_total_bytes"]) + (" (over cap)" if r["over_cap"] else "")
             delta = "" if r["delta_bpb"] is None else f"{r['delta_bpb']:+.4f}"
             name += " (contended)" if r.get("contended") and "(contended)" not in name else ""
-            cells = ["" if r["rank"] is None else str(r["rank"]), name, r["params"] or "", str(r["seeds"]),
+            cells = ["" if r["rank"] is None else str(r["rank"]), name, r["params"] or "", seeds_text(r),
                      number(r["bpb_mean"]), number(r["bpb_std"]), number(r["bpb_pre_quant"]), delta,
                      p_text(r["p_value"]), bar, size, number(r["tokens_per_second"], 0)]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+# A run page's own curve. Run pages are written for every record (10,000 in the benchmark), so their plots are
+# drawn as plain SVG here: a matplotlib figure per page would cost a quarter of a second each.
+CURVE_PAGE_POINTS = 200
+CHART_WIDTH, PLOT_HEIGHT = 520, 200
+
+
+def run_curve(record: dict, run_dir: Path | None) -> tuple[list[dict], str]:
+    """The run's curve, thinned to a few hundred points, and where it came from: run.json's (thinned when the
+    run ended: reading every run's full curve.jsonl would dominate a report over thousands of runs), or
+    curve.jsonl while the run is running or where the record has no curve."""
+    source = "run.json"
+    curve = record.get("curve") if isinstance(record.get("curve"), list) else []
+    path = run_dir / "curve.jsonl" if run_dir else None
+    if (record.get("status") == "running" or len(curve) < 2) and path is not None and path.is_file():
+        import orjson
+
+        read = []
+        for line in path.read_bytes().splitlines():
+            try:
+                point = orjson.loads(line)
+            except orjson.JSONDecodeError:  # a line being written
+                continue
+            if isinstance(point, dict):
+                read.append(point)
+        if len(read) >= len(curve):
+            curve, source = read, "curve.jsonl"
+    curve = [c for c in curve if isinstance(c, dict) and isinstance(c.get("seconds"), int | float)]
+    stride = max(1, -(-len(curve) // CURVE_PAGE_POINTS))
+    thinned = [c for n, c in enumerate(curve) if n % stride == 0 or n == len(curve) - 1 or c.get("val_bpb") is not None]
+    return thinned, source
+
+
+def ticks(lo: float, hi: float, integer: bool = False) -> list[float]:
+    """Two to seven round values (1, 2, 2.5 or 5 × 10^k apart; whole numbers for integer axes) in [lo, hi]."""
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / 6
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    if integer:
+        step = max(1.0, float(round(step)))
+    first = math.ceil(lo / step - 1e-9)
+    return [n * step for n in range(first, first + 7) if n * step <= hi + 1e-9 * step]
+
+
+def tick_text(value: float, kind: str = "") -> str:
+    """A tick label: 4 significant digits; with kind "eng", thousands as k, millions as M (12.5M tokens)."""
+    if kind == "eng":
+        for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= factor:
+                return f"{float(f'{value / factor:.3g}'):g}{suffix}"
+    return f"{float(f'{value:.4g}'):g}"
+
+
+def interpolate(value: float, xs: list[float], ys: list[float]) -> float:
+    """ys at `value` along increasing xs, linearly (the time at which a tick's token count was reached)."""
+    i = min(max(bisect.bisect_left(xs, value), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 if x1 == x0 else y0 + (value - x0) / (x1 - x0) * (y1 - y0)
+
+
+def svg_chart(series: list[dict], y_label: str, right: list[dict] | None = None, y2_label: str = "",
+              tokens: tuple[list[float], list[float]] | None = None) -> str:
+    """One panel as SVG: x = training seconds (bottom) and, when `tokens` maps seconds to tokens, tokens on
+    the top axis; `series` on the left y axis, `right` on a second y axis. Each series: {label, x, y, color,
+    dash?, marker?}. The legend lists every series drawn; `data-series` names them for tests."""
+    drawn = [s for s in series + (right or []) if s["x"]]
+    left, right_margin, top, plot_h = 62, 62 if right else 18, 40 if tokens else 12, PLOT_HEIGHT
+    legend_top = top + plot_h + 54  # below the x axis's label
+    w, h = CHART_WIDTH, legend_top + 16 * len(drawn)
+    plot_w = w - left - right_margin
+    xs = [x for s in drawn for x in s["x"]]
+    x_lo, x_hi = min(xs), max(xs)
+    x_lo, x_hi = (x_lo, x_hi) if x_hi > x_lo else (x_lo - 0.5, x_hi + 0.5)
+
+    def sx(x: float) -> float:
+        return left + (x - x_lo) / (x_hi - x_lo) * plot_w
+
+    def scale(group: list[dict]):
+        values = [y for s in group for y in s["y"]]
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 0.5
+        lo, hi = lo - pad, hi + pad
+        return lo, hi, (lambda y: top + (hi - y) / (hi - lo) * plot_h)
+
+    out = [f'<rect x="{left}" y="{top}" width="{plot_w:.1f}" height="{plot_h}" fill="none" stroke="#bbb"/>']
+    for t in ticks(x_lo, x_hi):
+        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{top + plot_h}" stroke="#eee"/>'
+                   f'<text x="{sx(t):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{tick_text(t)}</text>')
+    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 32}" text-anchor="middle">training seconds '
+               "(the budget's clock)</text>")
+    if tokens:
+        seconds, counts = tokens
+        for t in ticks(min(counts), max(counts), integer=True):
+            x = interpolate(t, counts, seconds)
+            if x_lo <= x <= x_hi:
+                out.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{top - 4}" stroke="#888"/>'
+                           f'<text x="{sx(x):.1f}" y="{top - 7}" text-anchor="middle">{tick_text(t, "eng")}</text>')
+        out.append(f'<text x="{left + plot_w / 2:.1f}" y="{top - 24}" text-anchor="middle">training tokens</text>')
+    for group, axis_label, side in ((series, y_label, "left"), (right or [], y2_label, "right")):
+        group = [s for s in group if s["x"]]
+        if not group:
+            continue
+        lo, hi, sy = scale(group)
+        x_axis = left if side == "left" else left + plot_w
+        anchor, dx = ("end", -5) if side == "left" else ("start", 5)
+        for t in ticks(lo, hi):
+            grid = (f'<line x1="{left}" x2="{left + plot_w:.1f}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                    if side == "left" else "")
+            out.append(f'{grid}<text x="{x_axis + dx}" y="{sy(t) + 4:.1f}" text-anchor="{anchor}">'
+                       f"{tick_text(t)}</text>")
+        mid, rx = top + plot_h / 2, (14 if side == "left" else w - 6)
+        out.append(f'<text transform="translate({rx} {mid:.1f}) rotate(-90)" text-anchor="middle">'
+                   f"{esc(axis_label)}</text>")
+        for s in group:
+            flat = [v for x, y in zip(s["x"], s["y"]) for v in (sx(x), sy(y))]
+            path = ("%.1f,%.1f " * len(s["x"]) % tuple(flat)).rstrip()  # one format call: pages are many
+            dash = ' stroke-dasharray="5 3"' if s.get("dash") else ""
+            out.append(f'<polyline points="{path}" fill="none" stroke="{s["color"]}" stroke-width="1.4"{dash}/>')
+            if s.get("marker"):
+                out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{s["color"]}"/>'
+                           for x, y in zip(s["x"], s["y"]))
+    legend = ['<g id="legend_1">']
+    for n, s in enumerate(drawn):
+        y = legend_top + 16 * n
+        dash = ' stroke-dasharray="5 3"' if s.get("dash") else ""
+        legend.append(f'<line x1="{left}" x2="{left + 24}" y1="{y - 4}" y2="{y - 4}" stroke="{s["color"]}" '
+                      f'stroke-width="1.6"{dash}/><g id="text_{n + 1}"><text x="{left + 30}" y="{y}">'
+                      f"{esc(s['label'])}</text></g>")
+    labels = esc(json.dumps([s["label"] for s in drawn]))
+    return (f'<svg data-series="{labels}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+            f'viewBox="0 0 {w} {h}" font-size="11" font-family="sans-serif">' + "".join(out)
+            + "".join(legend) + "</g></svg>")
+
+
+def curve_section(record: dict, run_dir: Path | None) -> str:
+    """val_bpb, and the train loss with the learning rate applied, against the clock (tokens on top)."""
+    curve, source = run_curve(record, run_dir)
+    if len(curve) < 2:
+        return ""
+    timed = [c for c in curve if isinstance(c.get("tokens"), int | float)]
+    tokens = ([c["seconds"] for c in timed], [c["tokens"] for c in timed]) if len(timed) >= 2 else None
+
+    def series(key: str, label: str, color: str, **style) -> dict:
+        points = [c for c in curve if isinstance(c.get(key), int | float) and math.isfinite(c[key])]
+        return {"label": label, "x": [c["seconds"] for c in points], "y": [c[key] for c in points], "color": color,
+                **style}
+
+    val = series("val_bpb", "val_bpb (validation during training)", "#1f77b4", marker=True)
+    if record.get("val_bpb") is not None and record.get("train_seconds") is not None:
+        final = {"label": "val_bpb, final evaluation", "x": [float(record["train_seconds"])],
+                 "y": [float(record["val_bpb"])], "color": "#222222", "marker": True}
+    else:
+        final = {"label": "", "x": [], "y": []}
+    figures = [svg_chart([val, final], "val_bpb", tokens=tokens) if val["x"] or final["x"] else "",
+               svg_chart([series("train_loss", "train loss (nats)", "#d62728")], "train loss (nats)",
+                         [series("lr", "learning rate (matrix/Muon, as applied)", "#7f7f7f", dash=True)],
+                         "learning rate", tokens=tokens)
+               if any(c.get("train_loss") is not None for c in curve) else ""]
+    captions = ["val_bpb as validated during training (black: the final evaluation, before quantization)",
+                "train loss as logged" + ("; dashed, right axis: the learning rate applied"
+                                          if any(c.get("lr") is not None for c in curve) else "")]
+    shown = [figure(svg, caption) for svg, caption in zip(figures, captions)]
+    return (f'<h2>Curve</h2><p class="small muted">{len(curve):,} points ({esc(source)}); top axis: tokens seen '
+            f'at that time</p><div class="plots">{"".join(shown)}</div>')

@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from harness.labels import format_value
+from harness.labels import config_label, format_value, techniques
 from harness.results import iter_records
 from harness.runspec import hashed_config
 
@@ -40,7 +40,7 @@ RUN_SCHEMA = {
     "val_loss": pl.Float64, "tokens_per_byte": pl.Float64, "steps": pl.Int64, "ms_per_step": pl.Float64,
     "tokens_per_second": pl.Float64, "mfu": pl.Float64, "stored_param_count": pl.Int64,
     "artifact_total_bytes": pl.Int64, "artifact_cap_bytes": pl.Int64, "train_seconds": pl.Float64,
-    "probe_gflops": pl.Float64, "contended": pl.Boolean, "unverified": pl.Boolean,
+    "probe_gflops": pl.Float64, "contended": pl.Boolean, "unverified": pl.Boolean, "techniques": pl.Utf8,
 }
 
 
@@ -122,7 +122,7 @@ def to_run(record: dict, path: Path | None = None) -> Run:
     config = record.get("config")
     key = {"variant": record.get("variant"), "config": hashed_config(config) if isinstance(config, dict) else config,
            "budget": budget}
-    used = [t.get("name") for t in record.get("techniques") or [] if isinstance(t, dict)]
+    used = techniques(record)
     if used:  # techniques are part of what was run: a row of their own
         key["techniques"] = record.get("techniques")
     if record.get("script_sha256"):  # two scripts of the same name are two submissions
@@ -130,7 +130,6 @@ def to_run(record: dict, path: Path | None = None) -> Run:
     config_key = hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     hardware = hardware_name(record)
     row = {name: record.get(name) for name in RUN_SCHEMA}
-    preset = record.get("preset")
     # Tokenizations of the same text share a leaderboard (val_bpb counts bytes, so their scores compare); the
     # tokenizer is then part of the row (the budget's dataset and the vocabulary are in its key; the row's
     # parameters show vocab_size).
@@ -143,10 +142,10 @@ def to_run(record: dict, path: Path | None = None) -> Run:
     # A run that skipped the preflight checks is shown on a row of its own and never ranked.
     unverified = bool((record.get("preflight") or {}).get("skipped"))
     row.update(run_id=path.name if path else str(record.get("run_id")),
-               label=f"{record.get('variant')}{':' + preset if preset else ''}" + "".join(f"+{n}" for n in used)
-               + (" (unverified)" if unverified else ""), hardware=hardware,
+               label=config_label(record) + (" (unverified)" if unverified else ""), hardware=hardware,
                config_key=config_key + ("|unverified" if unverified else ""), group_key="\x1f".join(map(str, group)),
-               params="", probe_gflops=probe_gflops(record), contended=False, unverified=unverified)
+               params="", probe_gflops=probe_gflops(record), contended=False, unverified=unverified,
+               techniques=",".join(used))
     return Run(row=row, record=record, path=path)
 
 
@@ -163,9 +162,14 @@ def mark_contended(group_runs: pl.DataFrame, fraction: float) -> pl.DataFrame:
         label=pl.when(slow).then(pl.col("label") + " (contended)").otherwise(pl.col("label")))
 
 
-def load_runs(results_dir: Path) -> list[Run]:
-    """Every readable run record under results_dir."""
-    return [to_run(record, run_dir) for run_dir, record in iter_records(results_dir)]
+def load_runs(results_dir: Path, progress=None) -> list[Run]:
+    """Every readable run record under results_dir; `progress(n)` is called every 200 records."""
+    runs = []
+    for run_dir, record in iter_records(results_dir):
+        runs.append(to_run(record, run_dir))
+        if progress is not None and len(runs) % 200 == 0:
+            progress(len(runs))
+    return runs
 
 
 def runs_frame(runs: list[Run]) -> pl.DataFrame:
@@ -201,8 +205,12 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
     return (runs.group_by("config_key", maintain_order=True).agg(
         pl.col("label").first(), pl.col("variant").first(), pl.col("preset").first(),
         pl.col("params").first(),
+        pl.col("techniques").first(),
         pl.len().alias("runs"),
-        scored.sum().alias("seeds"),
+        # Distinct seeds among the scored runs, and the scored runs themselves: four runs of one seed are one
+        # seed, and their spread is the machine's run-to-run noise, not the variance across seeds.
+        pl.col("seed").filter(scored).n_unique().alias("seeds"),
+        scored.sum().alias("scored_runs"),
         *[(pl.col("status") == s).sum().alias(s) for s in ("ok", *FAILED_STATUSES, "over_eval_limit", "pruned")],
         (pl.col("status") == "over_cap").sum().alias("over_cap_runs"),
         bpb.mean().alias("bpb_mean"), bpb.std().alias("bpb_std"),
@@ -224,11 +232,17 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 # The baseline family without training-only techniques (its presets count): what every row is compared with.
-PLAIN_BASELINE = (pl.col("variant") == "baseline") & ~pl.col("label").str.contains("+", literal=True)
+PLAIN_BASELINE = (pl.col("variant") == "baseline") & (pl.col("techniques").fill_null("") == "")
 
 
 def is_plain_baseline(row: dict) -> bool:
-    return row.get("variant") == "baseline" and "+" not in str(row.get("label", ""))
+    return row.get("variant") == "baseline" and not row.get("techniques")
+
+
+def seeds_text(row: dict) -> str:
+    """'2', or '1 seed, 4 runs' where scored runs repeat a seed (their spread is then run-to-run noise)."""
+    seeds, scored = row.get("seeds") or 0, row.get("scored_runs") or 0
+    return f"{seeds} seed{'s' if seeds != 1 else ''}, {scored} runs" if scored > seeds else str(seeds)
 
 
 def pick_baseline(table: pl.DataFrame) -> str | None:
@@ -302,9 +316,9 @@ def rank(table: pl.DataFrame) -> pl.DataFrame:
 
 
 EXPORT_COLUMNS = [
-    "budget", "hardware", "dataset", "overrides", "rank", "label", "variant", "preset", "params", "seeds", "runs",
-    "ok", "over_cap_runs", "over_eval_limit", "diverged", "failed", "interrupted", "pruned", "bpb_mean", "bpb_std",
-    "bpb_pre_quant", "delta_bpb", "loss_mean", "p_value", "passes_bar", "stored_param_count",
+    "budget", "hardware", "dataset", "overrides", "rank", "label", "variant", "preset", "params", "seeds",
+    "scored_runs", "runs", "ok", "over_cap_runs", "over_eval_limit", "diverged", "failed", "interrupted", "pruned",
+    "bpb_mean", "bpb_std", "bpb_pre_quant", "delta_bpb", "loss_mean", "p_value", "passes_bar", "stored_param_count",
     "artifact_total_bytes", "artifact_cap_bytes", "over_cap", "contended", "probe_gflops", "tokens_per_second",
     "ms_per_step", "mfu", "steps", "config_key",
 ]

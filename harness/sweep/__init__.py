@@ -427,6 +427,6 @@ def follow(name: str, results_dir: Path, poll_seconds: float = 10.0, echo=print)
         print()
     from harness.report import build_report
 
-    built = build_report(results_dir, Path(results_dir).resolve().parent / "reports" / f"{name}.html")
+    built = build_report(results_dir, Path(results_dir).resolve().parent / "reports" / f"{name}.html", sweep=name)
     echo(f"report: {built.index}")
     return 1 if failures(name, results_dir, echo) else 0

@@ -398,6 +398,7 @@ def finish(settings: st.Settings, reeval_top: int, reeval_seeds: int, executor: 
     echo(f"presets: {path} ({rerun_command(settings, path)} --preset {chosen[0][0]}"
          f"{with_flags(settings, chosen[0][1])})")
     results_dir = Path(settings.results_dir)
-    built = build_report(results_dir, results_dir.parent / "reports" / f"{settings.name}.html")
+    built = build_report(results_dir, results_dir.parent / "reports" / f"{settings.name}.html",
+                         study=settings.name)
     echo(f"report: {built.index}")
     return 0 if t.counted >= settings.trials and not failed else 1
