@@ -18,6 +18,12 @@ import slurm_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
+# `pytest -n 2` (the suite's command) runs two test files at a time, one per core: each worker, and every
+# process it starts, then keeps to one thread, so two workers do not fight over the same two cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 TINY_BUDGET = {
     "description": "tiny test budget", "train_wallclock_seconds": 30, "device": "cpu", "device_count": 1,
     "tokens_per_step": 1024, "micro_batch_tokens": 1024, "seq_len": 64, "dataset": "builtin",

@@ -524,6 +524,6 @@ def test_planned_run_ids_are_safe_file_names_whatever_the_preset_is_called(world
     done = harness_main("sweep", "--variant", str(plugin), "--preset", "a/../b,c d", "--budget", world["tiny"],
                         "--dry-run", "--results-dir", str(tmp_path / "r"))
     assert done.returncode == 0, done.stderr
-    ids = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  run ")]
+    ids = [line.split()[-1] for line in done.stdout.splitlines() if line.startswith("  run ")]
     assert len(ids) == 2 and all(SAFE_NAME.fullmatch(i) for i in ids), ids
     assert not (tmp_path / "r").exists()

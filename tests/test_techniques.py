@@ -130,7 +130,7 @@ def test_run_records_the_techniques_their_proof_and_labels_them(tmp_path):
     assert any(f.endswith("techniques/mtp.py") for f in with_mtp["artifact_code_files"])
     rows = [row for board in tables.build_leaderboards(tables.load_runs(results)) for row in board.rows]
     # (a run the machine's load slowed is labelled "(contended)" beside its name: not what this test is about)
-    assert sorted(row["label"].removesuffix(" (contended)") for row in rows) == ["baseline", "baseline+mtp"]
+    assert sorted(row["label"].removesuffix(" (contended)") for row in rows) == ["baseline", "baseline +mtp"]
 
 
 @pytest.mark.parametrize("args,words", [

@@ -431,17 +431,19 @@ def interpolate(value: float, xs: list[float], ys: list[float]) -> float:
 
 
 def svg_chart(series: list[dict], y_label: str, right: list[dict] | None = None, y2_label: str = "",
-              tokens: tuple[list[float], list[float]] | None = None) -> str:
+              tokens: tuple[list[float], list[float]] | None = None,
+              x_range: tuple[float, float] | None = None) -> str:
     """One panel as SVG: x = training seconds (bottom) and, when `tokens` maps seconds to tokens, tokens on
     the top axis; `series` on the left y axis, `right` on a second y axis. Each series: {label, x, y, color,
-    dash?, marker?}. The legend lists every series drawn; `data-series` names them for tests."""
+    dash?, marker?}. The legend lists every series drawn; `data-series` names them for tests. `x_range`: the
+    seconds the panel spans (default: its points'), so a run's panels share one clock."""
     drawn = [s for s in series + (right or []) if s["x"]]
     left, right_margin, top, plot_h = 62, 62 if right else 18, 40 if tokens else 12, PLOT_HEIGHT
     legend_top = top + plot_h + 54  # below the x axis's label
     w, h = CHART_WIDTH, legend_top + 16 * len(drawn)
     plot_w = w - left - right_margin
     xs = [x for s in drawn for x in s["x"]]
-    x_lo, x_hi = min(xs), max(xs)
+    x_lo, x_hi = x_range if x_range else (min(xs), max(xs))
     x_lo, x_hi = (x_lo, x_hi) if x_hi > x_lo else (x_lo - 0.5, x_hi + 0.5)
 
     def sx(x: float) -> float:
@@ -523,10 +525,12 @@ def curve_section(record: dict, run_dir: Path | None) -> str:
                  "y": [float(record["val_bpb"])], "color": "#222222", "marker": True}
     else:
         final = {"label": "", "x": [], "y": []}
-    figures = [svg_chart([val, final], "val_bpb", tokens=tokens) if val["x"] or final["x"] else "",
+    clock = [float(c["seconds"]) for c in curve if isinstance(c.get("seconds"), int | float)] + final["x"]
+    span = (0.0, max(clock)) if clock and max(clock) > 0 else None  # both panels on the run's whole clock
+    figures = [svg_chart([val, final], "val_bpb", tokens=tokens, x_range=span) if val["x"] or final["x"] else "",
                svg_chart([series("train_loss", "train loss (nats)", "#d62728")], "train loss (nats)",
                          [series("lr", "learning rate (matrix/Muon, as applied)", "#7f7f7f", dash=True)],
-                         "learning rate", tokens=tokens)
+                         "learning rate", tokens=tokens, x_range=span)
                if any(c.get("train_loss") is not None for c in curve) else ""]
     captions = ["val_bpb as validated during training (black: the final evaluation, before quantization)",
                 "train loss as logged" + ("; dashed, right axis: the learning rate applied"
