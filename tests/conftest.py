@@ -146,3 +146,14 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(1)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# The files that take longest start first, so that with two workers the short ones fill in at the end instead of
+# one long file running alone while the other worker idles (each file stays on one worker: `--dist loadfile`).
+LONGEST_FIRST = ("test_variant_smoke.py", "test_techniques.py", "test_compile.py", "test_run.py", "test_tune.py",
+                 "test_sweep.py", "test_preflight.py", "test_conformance.py", "test_report.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its own order
