@@ -369,9 +369,11 @@ def run(spec: RunSpec) -> dict:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * scale
         # The norm is computed either way (one pass over the gradients, no sync): it travels with the loss.
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip_norm) if c.grad_clip_norm > 0
-                     else torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device))
+        if c.grad_clip_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip_norm)
+        else:  # the list of gradients is only needed here
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
         for opt in optimizers:
             opt.step()
         if stack is not None:
